@@ -1,0 +1,3 @@
+from skip2lora.cli import main
+
+raise SystemExit(main())
