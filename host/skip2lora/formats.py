@@ -384,6 +384,8 @@ def decode_cache(source):
         dim, dtype, scale = r.unpack("HBxf")
         if dtype not in NUMPY_DTYPES:
             r.fail(f"segment dtype code {dtype} unknown")
+        if not np.isfinite(scale) or scale <= 0:
+            r.fail(f"segment scale {scale} is not a positive number")
         segments.append(CacheSegment(r.check_dim("segment dim", dim), dtype, scale))
     cache = CacheFile(model_crc, dataset_crc, segments)
     if cache.record_len != record_len:

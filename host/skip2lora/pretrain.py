@@ -5,6 +5,8 @@ The network is the plain Linear/ReLU chain that the importers accept, optionally
 BatchNorm (folded into the Linear by the importer) and Dropout (an identity at inference), so
 the same files exercise every path a user's model could take.
 """
+import warnings
+
 import numpy as np
 
 
@@ -97,23 +99,30 @@ def accuracy(module, X, y):
 def export_onnx(module, path, n_features, opset=17):
     """Write the eval-mode module as ONNX with a dynamic batch axis.
 
-    Uses the TorchScript exporter (dynamo=False): for a Sequential of Linear/BatchNorm/ReLU/
-    Dropout it gives Gemm, BatchNormalization and Relu only, Dropout disappearing in eval mode,
-    which is exactly what the ONNX importer accepts. The dynamo exporter is the fallback when
-    the TorchScript one is unavailable.
+    Uses the TorchScript exporter (dynamo=False) because it writes the graph as the module
+    is: a Sequential of Linear/BatchNorm/ReLU/Dropout becomes Gemm (transB=1),
+    BatchNormalization and Relu, Dropout vanishing in eval mode, so an exported BatchNorm model
+    really tests the importer's folding. The dynamo exporter (the fallback, for a torch without
+    the TorchScript one) folds BatchNorm into the Gemm itself and gives Gemm and Relu only.
     """
     torch = _torch()
     module.eval()
     dummy = torch.zeros(1, int(n_features), dtype=torch.float32)
-    kwargs = dict(input_names=["input"], output_names=["logits"],
-                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset)
+    names = dict(input_names=["input"], output_names=["logits"], opset_version=opset)
     try:
-        torch.onnx.export(module, (dummy,), str(path), dynamo=False, **kwargs)
-    except (TypeError, RuntimeError, NotImplementedError):  # TorchScript exporter removed
-        del kwargs["dynamic_axes"]
-        batch = torch.export.Dim("batch")
-        torch.onnx.export(module, (dummy,), str(path), dynamo=True, external_data=False,
-                          dynamic_shapes=({0: batch},), **kwargs)
+        with warnings.catch_warnings():
+            # torch 2.9+ warns on every TorchScript export that the exporter is deprecated.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(module, (dummy,), str(path), dynamo=False,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                              **names)
+    except Exception as legacy_error:  # the TorchScript exporter gone in a later torch
+        try:
+            torch.onnx.export(module, (dummy,), str(path), dynamo=True, external_data=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), **names)
+        except Exception:
+            raise legacy_error
     return path
 
 

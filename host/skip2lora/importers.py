@@ -1,0 +1,440 @@
+"""Read a user's ONNX or PyTorch model into the one internal form, a `Network`.
+
+Each importer only translates its format's nodes or modules into a short list of steps
+(linear, batch-norm, bias-add, ReLU, trailing softmax); one assembler turns the steps into a
+Network and owns every rule about what a valid chain is. So ONNX and torch models are held
+to the same rules, give the same messages, and everything after import has one code path.
+
+Each importer also returns a callable that runs the original model in its own runtime
+(onnxruntime, torch), so the compiler can prove the compiled arrays compute the same thing.
+"""
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from skip2lora.errors import UserError
+from skip2lora.network import Dense, Network
+
+ONNX_SUPPORTED = ("Gemm, MatMul (+ Add of a constant bias), Relu, BatchNormalization after a "
+                  "linear layer, Flatten, Identity, Dropout, and a trailing Softmax/LogSoftmax")
+TORCH_SUPPORTED = ("Linear, ReLU, BatchNorm1d after a Linear, Dropout, Flatten, Identity, a "
+                   "trailing Softmax/LogSoftmax, inside nn.Sequential (nesting allowed)")
+ONNX_EXTENSIONS = (".onnx",)
+TORCH_EXTENSIONS = (".pt", ".pth", ".ptl", ".torchscript")
+
+# Output of the original model, so the verifier maps the compiled logits into the same space.
+LOGITS, SOFTMAX, LOG_SOFTMAX = "logits", "softmax", "log_softmax"
+
+
+@dataclass
+class ImportedModel:
+    network: Network
+    source: str  # "onnx", "torch" or "torchscript": the runtime the check compares against
+    run: Callable  # float32 (n, d_1) -> the original model's outputs, as numpy
+    output: str = LOGITS  # LOGITS, SOFTMAX or LOG_SOFTMAX: what `run` returns
+
+
+# ------------------------------------------------------------------ shared assembly
+
+@dataclass
+class _Step:
+    """One operation of the chain, as both importers describe it to the assembler."""
+
+    kind: str  # "linear", "batchnorm", "bias", "relu", "softmax", "log_softmax"
+    where: str  # how the user recognises it in error messages: "Gemm node 'fc1'"
+    name: str = ""
+    weight: np.ndarray = None  # linear: (out, in)
+    bias: np.ndarray = None  # linear and bias: (out,)
+    bn: tuple = None  # batchnorm: (gamma, beta, mean, var, eps)
+
+
+def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps):
+    """W' = W * k, b' = (b - mean) * k + beta with k = gamma / sqrt(var + eps), per output row.
+
+    Computed in float64 and rounded once, so folding adds no more error than storing float32.
+    """
+    k = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + float(eps))
+    w = np.asarray(weight, np.float64) * k[:, None]
+    b = (np.asarray(bias, np.float64) - np.asarray(mean, np.float64)) * k + np.asarray(beta, np.float64)
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def _assemble(steps, supported, dropped):
+    """Build the Network from the steps, enforcing Linear (BN) ReLU ... Linear [softmax].
+
+    `dropped` lists what the importer removed (Dropout, Flatten, Identity) for the notes.
+    """
+    layers, notes = [], list(dropped)
+    names = []  # the linear step of each layer, for messages
+    relu_after = []  # per layer: whether a ReLU followed it
+    output = LOGITS
+
+    def fail(message):
+        raise UserError(f"{message}; skip2lora compiles a chain Linear, ReLU, ..., Linear "
+                        f"(supported: {supported})")
+
+    for i, step in enumerate(steps):
+        if output != LOGITS:
+            fail(f"{step.where} follows the final {output.replace('_', '')} {steps[i - 1].where}; "
+                 f"a softmax is only allowed as the very last operation")
+        if step.kind == "linear":
+            if layers and not relu_after[-1]:
+                fail(f"{step.where} follows {names[-1]} with no ReLU between them")
+            w = np.asarray(step.weight, np.float32)
+            b = np.zeros(w.shape[0], np.float32) if step.bias is None else np.asarray(step.bias, np.float32)
+            if layers and w.shape[1] != layers[-1].d_out:
+                fail(f"{step.where} takes {w.shape[1]} inputs but {names[-1]} gives "
+                     f"{layers[-1].d_out}")
+            layers.append(Dense(w, b.reshape(-1), step.name))
+            names.append(step.where)
+            relu_after.append(False)
+        elif step.kind in ("batchnorm", "bias"):
+            if not layers or relu_after[-1]:
+                after = f"after the ReLU of {names[-1]}" if layers else "before any linear layer"
+                fail(f"{step.where} comes {after}; it can only directly follow a linear layer, "
+                     f"into which it is folded")
+            layer = layers[-1]
+            if step.kind == "bias":
+                if step.bias.size not in (1, layer.d_out):
+                    fail(f"{step.where} adds {step.bias.size} values to the {layer.d_out} outputs "
+                         f"of {names[-1]}")
+                layer.bias = (layer.bias.astype(np.float64) + step.bias).astype(np.float32)
+            else:
+                if len(step.bn[0]) != layer.d_out:
+                    fail(f"{step.where} normalises {len(step.bn[0])} channels but {names[-1]} "
+                         f"gives {layer.d_out}")
+                layer.weight, layer.bias = fold_batchnorm(layer.weight, layer.bias, *step.bn)
+                notes.append(f"folded {step.where} into {names[-1]}")
+        elif step.kind == "relu":
+            if not layers:
+                fail(f"{step.where} comes before any linear layer")
+            if relu_after[-1]:
+                notes.append(f"dropped {step.where}: a second ReLU in a row changes nothing")
+            relu_after[-1] = True
+        else:  # softmax / log_softmax
+            output = step.kind
+            notes.append(f"dropped the trailing {step.where}: the board works on logits, and "
+                         f"the predicted class (argmax) is the same")
+    if len(layers) < 2:
+        found = f"only {names[0]}" if layers else "no linear layer"
+        fail(f"found {found}; the model needs at least two linear layers (a hidden layer and "
+             f"the output layer)")
+    if relu_after[-1]:
+        fail(f"the last linear layer {names[-1]} is followed by a ReLU; the last layer must "
+             f"give raw logits, so remove that ReLU")
+    return Network(layers, notes), output
+
+
+def _load_optional(module_name, extra):
+    try:
+        return __import__(module_name)
+    except ImportError:
+        raise UserError(f"reading this model needs the Python package '{module_name}': "
+                        f"pip install 'skip2lora[{extra}]'") from None
+
+
+# ------------------------------------------------------------------ ONNX
+
+def _onnx_attrs(node):
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _onnx_constants(graph):
+    """Values known before any input arrives: initializers, Constant nodes, Identity of those."""
+    from onnx import numpy_helper
+
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            attrs = _onnx_attrs(node)
+            if "value" in attrs:
+                values[node.output[0]] = numpy_helper.to_array(attrs["value"])
+            elif "value_float" in attrs or "value_floats" in attrs:
+                values[node.output[0]] = np.asarray(attrs.get("value_float", attrs.get("value_floats")),
+                                                    np.float32)
+            elif "value_int" in attrs or "value_ints" in attrs:
+                values[node.output[0]] = np.asarray(attrs.get("value_int", attrs.get("value_ints")),
+                                                    np.int64)
+        elif node.op_type == "Identity" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
+    return values
+
+
+def _onnx_where(node):
+    return f"{node.op_type} node '{node.name or node.output[0]}'"
+
+
+def _onnx_steps(graph, path):
+    """Walk the graph from its input to its output and describe each node as a _Step."""
+    consts = _onnx_constants(graph)
+    inputs = [i for i in graph.input if i.name not in consts]
+    if len(inputs) != 1:
+        raise UserError(f"the graph has {len(inputs)} inputs "
+                        f"({', '.join(i.name for i in inputs)}); expected one feature vector", path)
+    if len(graph.output) != 1:
+        raise UserError(f"the graph has {len(graph.output)} outputs; expected one (the logits)",
+                        path)
+    current = inputs[0].name
+    steps, dropped = [], []
+
+    def fail(node, message):
+        raise UserError(f"{_onnx_where(node)}: {message}; supported ONNX ops: {ONNX_SUPPORTED}",
+                        path)
+
+    def const(node, index, what):
+        if index >= len(node.input) or node.input[index] not in consts:
+            fail(node, f"its {what} is not a constant (initializer or Constant node)")
+        return np.asarray(consts[node.input[index]])
+
+    for node in graph.node:
+        if node.output[0] in consts:
+            continue  # Constant, or Identity of a constant: already evaluated
+        live = [name for name in node.input if name and name not in consts]
+        if live != [current]:
+            if len(live) > 1:
+                fail(node, f"it combines {len(live)} computed tensors ({', '.join(live)}), as a "
+                           f"residual or branching connection does; only a plain chain is "
+                           f"supported")
+            fail(node, f"it reads '{live[0] if live else '(constants only)'}' instead of the "
+                       f"output of the previous node '{current}'; only a plain chain is supported")
+        op, attrs, where = node.op_type, _onnx_attrs(node), _onnx_where(node)
+        name = node.name or node.output[0]
+        if op == "Gemm":
+            if node.input[0] != current or attrs.get("transA", 0):
+                fail(node, "the features must be its first input, not transposed (transA=0)")
+            b = const(node, 1, "weight B")
+            if b.ndim != 2:
+                fail(node, f"its weight has shape {b.shape}; expected a 2-D matrix")
+            w = (b if attrs.get("transB", 0) else b.T).astype(np.float64) * attrs.get("alpha", 1.0)
+            steps.append(_Step("linear", where, name, w))
+            if len(node.input) > 2 and node.input[2]:
+                c = const(node, 2, "bias C").astype(np.float64) * attrs.get("beta", 1.0)
+                steps.append(_Step("bias", where, name, bias=c.reshape(-1)))
+        elif op == "MatMul":
+            if node.input[0] != current:
+                fail(node, "the features must be its first input (x @ W)")
+            w = const(node, 1, "weight")
+            if w.ndim != 2:
+                fail(node, f"its weight has shape {w.shape}; expected a 2-D matrix")
+            steps.append(_Step("linear", where, name, w.T))
+        elif op == "Add":
+            c = const(node, 1 if node.input[0] == current else 0, "bias")
+            steps.append(_Step("bias", where, name, bias=c.astype(np.float64).reshape(-1)))
+        elif op == "BatchNormalization":
+            if attrs.get("training_mode", 0):
+                fail(node, "it is exported in training mode; export the model after model.eval()")
+            if any(o for o in node.output[1:]):
+                fail(node, "its running-statistics outputs are used (training-mode export)")
+            gamma, beta, mean, var = (const(node, k, w) for k, w in
+                                      enumerate(("scale", "bias", "mean", "var"), start=1))
+            steps.append(_Step("batchnorm", where, name,
+                               bn=(gamma, beta, mean, var, attrs.get("epsilon", 1e-5))))
+        elif op == "Relu":
+            steps.append(_Step("relu", where, name))
+        elif op in ("Softmax", "LogSoftmax"):
+            if attrs.get("axis", -1 if op == "Softmax" else 1) not in (1, -1):
+                fail(node, f"it runs over axis {attrs['axis']}, not over the classes (axis 1)")
+            steps.append(_Step("softmax" if op == "Softmax" else "log_softmax", where, name))
+        elif op in ("Flatten", "Identity", "Dropout"):
+            if op == "Flatten" and attrs.get("axis", 1) != 1:
+                fail(node, f"it flattens from axis {attrs['axis']}; only axis 1 keeps the batch")
+            if op == "Dropout" and len(node.output) > 1 and node.output[1]:
+                fail(node, "its mask output is used (training-mode export)")
+            dropped.append(f"dropped {where} (no effect at inference)")
+        else:
+            fail(node, "this op is not supported")
+        current = node.output[0]
+    if current != graph.output[0].name:
+        raise UserError(f"the graph output '{graph.output[0].name}' is not the end of the chain "
+                        f"that starts at the input (which ends at '{current}')", path)
+    return steps, dropped, inputs[0]
+
+
+def import_onnx(path):
+    onnx = _load_optional("onnx", "onnx")
+    try:
+        proto = onnx.load(str(path))
+    except FileNotFoundError:
+        raise UserError("no such file; check the path", path) from None
+    except Exception as exc:  # protobuf raises its own DecodeError and friends
+        raise UserError(f"cannot read it as an ONNX model ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'invalid protobuf'})",
+                        path) from None
+    if not proto.graph.node:
+        raise UserError("cannot read it as an ONNX model (the graph has no nodes)", path)
+    steps, dropped, graph_input = _onnx_steps(proto.graph, path)
+    network, output = _assemble(steps, ONNX_SUPPORTED, dropped)
+    elem_type = graph_input.type.tensor_type.elem_type
+    if elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        raise UserError(f"the input '{graph_input.name}' has element type "
+                        f"{onnx.TensorProto.DataType.Name(elem_type)}; expected float", path)
+    input_dtype = np.float64 if elem_type == onnx.TensorProto.DOUBLE else np.float32
+    shape = [d.dim_value if d.HasField("dim_value") else None
+             for d in graph_input.type.tensor_type.shape.dim]
+    serialized = proto.SerializeToString()
+
+    def run(x):
+        ort = _load_optional("onnxruntime", "onnx")
+        session = ort.InferenceSession(serialized, providers=["CPUExecutionProvider"])
+        x = np.asarray(x, input_dtype)
+        if len(shape) > 2 and all(shape[1:]):  # e.g. (n, 1, 28, 28) before a Flatten
+            x = x.reshape([len(x)] + shape[1:])
+        return session.run(None, {graph_input.name: x})[0]
+
+    return ImportedModel(network, "onnx", run, output)
+
+
+# ------------------------------------------------------------------ torch
+
+def _torch_type(module):
+    """The class name the user wrote; TorchScript keeps it as original_name."""
+    return getattr(module, "original_name", None) or type(module).__name__
+
+
+def _torch_kind(module, nn):
+    """The supported layer this module is, or None: subclasses that override forward() are not,
+    since their computation is no longer the one the importer would compile."""
+    if hasattr(module, "original_name"):  # TorchScript: only the name survives
+        return module.original_name if module.original_name in _TORCH_KINDS else None
+    for name in _TORCH_KINDS:
+        cls = getattr(nn, name)
+        if isinstance(module, cls) and type(module).forward is cls.forward:
+            return name
+    return None
+
+
+_TORCH_KINDS = ("Sequential", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Flatten", "Identity",
+                "Softmax", "LogSoftmax")
+
+
+def _script_constant(module, attr, op, index):
+    """An attribute of a TorchScript module; traced modules inline it into their graph instead."""
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        pass
+    for node in module.graph.nodes():
+        if node.kind() == op:
+            return node.inputsAt(index).toIValue()
+    return None
+
+
+def _numpy(tensor):
+    return None if tensor is None else tensor.detach().cpu().double().numpy()
+
+
+def _torch_steps(module, path, nn, prefix="", steps=None, dropped=None):
+    """Flatten (possibly nested) Sequentials into steps, in registration order."""
+    steps = [] if steps is None else steps
+    dropped = [] if dropped is None else dropped
+    for child_name, child in module.named_children():
+        qualified = f"{prefix}{child_name}"
+        kind = _torch_kind(child, nn)
+        where = f"{_torch_type(child)} module '{qualified}'"
+        if kind is None:
+            raise UserError(f"{where} is not supported (a custom module or a layer type "
+                            f"skip2lora does not compile); supported: {TORCH_SUPPORTED}. For a "
+                            f"custom forward(), export the model to ONNX instead", path)
+        if kind == "Sequential":
+            _torch_steps(child, path, nn, qualified + ".", steps, dropped)
+        elif kind == "Linear":
+            steps.append(_Step("linear", where, qualified, _numpy(child.weight), _numpy(child.bias)))
+        elif kind == "BatchNorm1d":
+            if child.running_mean is None:
+                raise UserError(f"{where} has track_running_stats=False, so it normalises with "
+                                f"the statistics of each batch and cannot be folded", path)
+            features = child.running_mean.shape[0]
+            gamma = _numpy(child.weight) if child.weight is not None else np.ones(features)
+            beta = _numpy(child.bias) if child.bias is not None else np.zeros(features)
+            eps = _script_constant(child, "eps", "aten::batch_norm", 7)
+            steps.append(_Step("batchnorm", where, qualified,
+                               bn=(gamma, beta, _numpy(child.running_mean),
+                                   _numpy(child.running_var), 1e-5 if eps is None else eps)))
+        elif kind == "ReLU":
+            steps.append(_Step("relu", where, qualified))
+        elif kind in ("Softmax", "LogSoftmax"):
+            op = "aten::softmax" if kind == "Softmax" else "aten::log_softmax"
+            dim = _script_constant(child, "dim", op, 1)
+            if dim not in (None, 1, -1):
+                raise UserError(f"{where} runs over dim {dim}, not over the classes (dim 1)", path)
+            steps.append(_Step("softmax" if kind == "Softmax" else "log_softmax", where, qualified))
+        else:  # Dropout, Flatten, Identity
+            dropped.append(f"dropped {where} (no effect at inference)")
+    return steps, dropped
+
+
+def _load_torch_file(torch, path):
+    """TorchScript archives hold constants.pkl; anything else is a torch.save pickle.
+
+    torch.load runs with weights_only=False because the file is the user's own model that they
+    ask us to compile: unpickling it executes no more code than their own training script did,
+    and weights_only=True cannot rebuild an nn.Module at all.
+    """
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            scripted = any(n.endswith("constants.pkl") for n in archive.namelist())
+        if scripted:
+            return torch.jit.load(str(path), map_location="cpu"), "torchscript"
+    return torch.load(str(path), map_location="cpu", weights_only=False), "torch"
+
+
+def import_torch(path):
+    torch = _load_optional("torch", "torch")
+    nn = torch.nn
+    if not Path(path).is_file():
+        raise UserError("no such file; check the path", path)
+    try:
+        module, source = _load_torch_file(torch, path)
+    except (AttributeError, ModuleNotFoundError) as exc:
+        raise UserError(f"cannot unpickle the model: {exc}; torch.save(model) stores the class "
+                        f"by reference, so its defining module must be importable here (or "
+                        f"export to ONNX or TorchScript)", path) from None
+    except Exception as exc:
+        raise UserError(f"cannot read it as a PyTorch model ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})", path) from None
+    if not isinstance(module, (nn.Module, torch.jit.ScriptModule)):
+        hint = (" (a state_dict: save the module itself with torch.save(model))"
+                if isinstance(module, dict) else "")
+        raise UserError(f"the file holds a {type(module).__name__}, not a module{hint}", path)
+    kind = _torch_kind(module, nn)
+    if kind == "Sequential":
+        steps, dropped = _torch_steps(module, path, nn)
+    elif kind is not None:  # a bare layer: let the assembler say what is missing
+        wrapper = nn.Sequential()
+        wrapper.add_module(_torch_type(module), module)
+        steps, dropped = _torch_steps(wrapper, path, nn)
+    else:
+        raise UserError(f"the model is a {_torch_type(module)}, whose forward() skip2lora cannot "
+                        f"follow; save an nn.Sequential (supported: {TORCH_SUPPORTED}) or export "
+                        f"the model to ONNX", path)
+    network, output = _assemble(steps, TORCH_SUPPORTED, dropped)
+    if module.training:
+        network.notes.append("the model was saved in training mode; compiled and checked in "
+                             "eval mode (BatchNorm running statistics, no Dropout)")
+    module.eval()
+    params = list(module.parameters())
+    dtype = params[0].dtype if params else torch.float32
+
+    def run(x):
+        with torch.no_grad():
+            out = module(torch.from_numpy(np.asarray(x)).to(dtype))
+        return out.double().numpy()
+
+    return ImportedModel(network, source, run, output)
+
+
+def import_model(path):
+    """Pick the importer by extension: formats cannot be told apart reliably by content alone."""
+    suffix = Path(path).suffix.lower()
+    if suffix in ONNX_EXTENSIONS:
+        return import_onnx(path)
+    if suffix in TORCH_EXTENSIONS:
+        return import_torch(path)
+    raise UserError(f"unknown model type '{suffix or '(no extension)'}'; expected an ONNX file "
+                    f"(.onnx) or a PyTorch file ({', '.join(TORCH_EXTENSIONS)}) saved with "
+                    f"torch.save(model) or torch.jit.save", path)
