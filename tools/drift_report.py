@@ -47,41 +47,52 @@ def main(argv=None):
           f"weight decay {args.weight_decay}, batch {args.batch_size}, "
           f"pre-trained on silentA part a{' (fan running only)' if args.fan_running_only else ''}")
 
-    cols = ["silentA", "silentB", "noisy"]
+    cols = ["silentA", "silentB", "noisy", "B->B", "noisy->n"]
+    w = max(len(c) for c in cols) + 4
     header = (f"{'split':5} {'seed':>4} {'train s':>7} | "
-              + " ".join(f"{c:>8}" for c in cols) + " | "
-              + " ".join(f"{c + '/run':>12}" for c in cols))
+              + " ".join(f"{c:>{w}}" for c in cols) + " | "
+              + " ".join(f"{c + '/run':>{w}}" for c in cols))
     print(header)
     print("-" * len(header))
+    kw = dict(dims=dims, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+              batch_size=args.batch_size)
     rows = []
     for sp in splits:
-        base = scen[("silentA-to-noisy", sp, args.fan_running_only)]
+        run_train = args.fan_running_only
+        base = scen[("silentA-to-noisy", sp, run_train)]
         for seed in seeds:
             t = time.perf_counter()
-            model = pretrain(*base.pretrain, dims=dims, epochs=args.epochs, lr=args.lr,
-                             seed=seed, weight_decay=args.weight_decay,
-                             batch_size=args.batch_size)
+            model = pretrain(*base.pretrain, seed=seed, **kw)
             dt = time.perf_counter() - t
+            # Ceilings: the same network trained from scratch on the target room's other
+            # recording, i.e. what the room allows at all, with every weight free.
+            ceil_b = pretrain(*scen[("silentA-to-silentB", sp, run_train)].finetune, seed=seed, **kw)
+            ceil_n = pretrain(*scen[("silentA-to-noisy", sp, run_train)].finetune, seed=seed, **kw)
             row = []
             for run in (False, True):
-                row.append(accuracy(model, *scen[("silentA-to-noisy", sp, run)].source_test))
-                row.append(accuracy(model, *scen[("silentA-to-silentB", sp, run)].test))
-                row.append(accuracy(model, *scen[("silentA-to-noisy", sp, run)].test))
+                b, n = scen[("silentA-to-silentB", sp, run)], scen[("silentA-to-noisy", sp, run)]
+                row += [accuracy(model, *n.source_test), accuracy(model, *b.test),
+                        accuracy(model, *n.test), accuracy(ceil_b, *b.test),
+                        accuracy(ceil_n, *n.test)]
             rows.append(row)
             print(f"{sp:5} {seed:>4} {dt:>7.1f} | "
-                  + " ".join(f"{100 * v:>8.1f}" for v in row[:3]) + " | "
-                  + " ".join(f"{100 * v:>12.1f}" for v in row[3:]))
+                  + " ".join(f"{100 * v:>{w}.1f}" for v in row[:5]) + " | "
+                  + " ".join(f"{100 * v:>{w}.1f}" for v in row[5:]))
     arr = 100 * np.array(rows)
+    m = arr.mean(0)
     print("-" * len(header))
-    print(f"{'mean':10} {'':>7} | " + " ".join(f"{v:>8.1f}" for v in arr.mean(0)[:3]) + " | "
-          + " ".join(f"{v:>12.1f}" for v in arr.mean(0)[3:]))
+    print(f"{'mean':18} | " + " ".join(f"{v:>{w}.1f}" for v in m[:5]) + " | "
+          + " ".join(f"{v:>{w}.1f}" for v in m[5:]))
     if len(rows) > 1:
         sd = [statistics.stdev(arr[:, j]) for j in range(arr.shape[1])]
-        print(f"{'sd':10} {'':>7} | " + " ".join(f"{v:>8.1f}" for v in sd[:3]) + " | "
-              + " ".join(f"{v:>12.1f}" for v in sd[3:]))
-    m = arr.mean(0)
-    print(f"drop vs source (all spectra): silentB {m[0] - m[1]:.1f} pt, noisy {m[0] - m[2]:.1f} pt;"
-          f" (fan running): silentB {m[3] - m[4]:.1f} pt, noisy {m[3] - m[5]:.1f} pt")
+        print(f"{'sd':18} | " + " ".join(f"{v:>{w}.1f}" for v in sd[:5]) + " | "
+              + " ".join(f"{v:>{w}.1f}" for v in sd[5:]))
+    print("columns: silentA = source test; silentB, noisy = target test of the silentA model;")
+    print("  B->B, noisy->n = a model trained from scratch on the target room's part a (ceiling);")
+    print("  /run = scored on fan-running spectra only")
+    for k, label in ((0, "all spectra"), (5, "fan running")):
+        print(f"{label}: drop vs source silentB {m[k] - m[k + 1]:.1f} pt, noisy {m[k] - m[k + 2]:.1f} pt;"
+              f" gap to ceiling silentB {m[k + 3] - m[k + 1]:.1f} pt, noisy {m[k + 4] - m[k + 2]:.1f} pt")
     return 0
 
 

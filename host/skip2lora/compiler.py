@@ -12,17 +12,17 @@ import numpy as np
 
 from skip2lora.errors import UserError
 from skip2lora.formats import MAX_RANK, ModelFile, ModelLayer
-from skip2lora.importers import LOG_SOFTMAX, LOGITS, SOFTMAX
+from skip2lora.importers import LOG_SOFTMAX, LOGITS
 from skip2lora.quantize import quantize_rows
 
 DTYPES = ("f32", "int8")
 # Float32 arrays must match the original within float32 rounding: anything above this is an
 # importer bug or a construct the importer misread, so compile refuses the model.
 F32_TOLERANCE = 1e-5
-# int8 weights are lossy by design. This is the bound measured and documented in
-# docs/compiler.md (worst seen ~1.6 %, on random-init and trained models); the tests hold the
-# quantizer to it, while compile only reports the figure.
-INT8_DOCUMENTED_ERROR = 0.03
+# int8 weights are lossy by design: the bound documented in docs/compiler.md, 2.5x the worst
+# error measured there (0.79 % of the logit scale over trained and random-init models). The
+# tests hold the quantizer to it; compile only reports the figure.
+INT8_DOCUMENTED_ERROR = 0.02
 CHECK_SAMPLES = 256
 
 
@@ -122,7 +122,7 @@ def check_against_runtime(imported, model, x):
                         f"one {compiled.shape}; the model does more than the chain skip2lora "
                         f"compiled")
     scale = max(float(np.max(np.abs(reference))), 1e-12)
-    return Check(imported.source, len(x), float(np.max(np.abs(reference - compiled))), scale,
+    return Check(imported.runtime, len(x), float(np.max(np.abs(reference - compiled))), scale,
                  float(np.mean(reference.argmax(1) == compiled.argmax(1))), imported.output)
 
 

@@ -9,7 +9,7 @@ Each importer also returns a callable that runs the original model in its own ru
 (onnxruntime, torch), so the compiler can prove the compiled arrays compute the same thing.
 """
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -32,9 +32,10 @@ LOGITS, SOFTMAX, LOG_SOFTMAX = "logits", "softmax", "log_softmax"
 @dataclass
 class ImportedModel:
     network: Network
-    source: str  # "onnx", "torch" or "torchscript": the runtime the check compares against
+    source: str  # "onnx", "torch" or "torchscript"
     run: Callable  # float32 (n, d_1) -> the original model's outputs, as numpy
     output: str = LOGITS  # LOGITS, SOFTMAX or LOG_SOFTMAX: what `run` returns
+    runtime: str = "torch"  # what `run` executes the original model with, for messages
 
 
 # ------------------------------------------------------------------ shared assembly
@@ -58,7 +59,8 @@ def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps):
     """
     k = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + float(eps))
     w = np.asarray(weight, np.float64) * k[:, None]
-    b = (np.asarray(bias, np.float64) - np.asarray(mean, np.float64)) * k + np.asarray(beta, np.float64)
+    b = ((np.asarray(bias, np.float64) - np.asarray(mean, np.float64)) * k
+         + np.asarray(beta, np.float64))
     return w.astype(np.float32), b.astype(np.float32)
 
 
@@ -69,7 +71,7 @@ def _assemble(steps, supported, dropped):
     """
     layers, notes = [], list(dropped)
     names = []  # the linear step of each layer, for messages
-    relu_after = []  # per layer: whether a ReLU followed it
+    relu_after = []  # per layer: the ReLU step that followed it, or None
     output = LOGITS
 
     def fail(message):
@@ -81,19 +83,19 @@ def _assemble(steps, supported, dropped):
             fail(f"{step.where} follows the final {output.replace('_', '')} {steps[i - 1].where}; "
                  f"a softmax is only allowed as the very last operation")
         if step.kind == "linear":
-            if layers and not relu_after[-1]:
+            if layers and relu_after[-1] is None:
                 fail(f"{step.where} follows {names[-1]} with no ReLU between them")
             w = np.asarray(step.weight, np.float32)
-            b = np.zeros(w.shape[0], np.float32) if step.bias is None else np.asarray(step.bias, np.float32)
+            b = np.zeros(w.shape[0]) if step.bias is None else step.bias
             if layers and w.shape[1] != layers[-1].d_out:
                 fail(f"{step.where} takes {w.shape[1]} inputs but {names[-1]} gives "
                      f"{layers[-1].d_out}")
-            layers.append(Dense(w, b.reshape(-1), step.name))
+            layers.append(Dense(w, np.asarray(b, np.float32).reshape(-1), step.name))
             names.append(step.where)
-            relu_after.append(False)
+            relu_after.append(None)
         elif step.kind in ("batchnorm", "bias"):
-            if not layers or relu_after[-1]:
-                after = f"after the ReLU of {names[-1]}" if layers else "before any linear layer"
+            if not layers or relu_after[-1] is not None:
+                after = f"after {relu_after[-1].where}" if layers else "before any linear layer"
                 fail(f"{step.where} comes {after}; it can only directly follow a linear layer, "
                      f"into which it is folded")
             layer = layers[-1]
@@ -111,9 +113,10 @@ def _assemble(steps, supported, dropped):
         elif step.kind == "relu":
             if not layers:
                 fail(f"{step.where} comes before any linear layer")
-            if relu_after[-1]:
+            if relu_after[-1] is not None:
                 notes.append(f"dropped {step.where}: a second ReLU in a row changes nothing")
-            relu_after[-1] = True
+            else:
+                relu_after[-1] = step
         else:  # softmax / log_softmax
             output = step.kind
             notes.append(f"dropped the trailing {step.where}: the board works on logits, and "
@@ -122,9 +125,9 @@ def _assemble(steps, supported, dropped):
         found = f"only {names[0]}" if layers else "no linear layer"
         fail(f"found {found}; the model needs at least two linear layers (a hidden layer and "
              f"the output layer)")
-    if relu_after[-1]:
-        fail(f"the last linear layer {names[-1]} is followed by a ReLU; the last layer must "
-             f"give raw logits, so remove that ReLU")
+    if relu_after[-1] is not None:
+        fail(f"the last linear layer {names[-1]} is followed by {relu_after[-1].where}; the "
+             f"last layer must give raw logits, so remove that ReLU")
     return Network(layers, notes), output
 
 
@@ -144,6 +147,10 @@ def _onnx_attrs(node):
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+_CONSTANT_NUMBERS = {"value_float": np.float32, "value_floats": np.float32,
+                     "value_int": np.int64, "value_ints": np.int64}
+
+
 def _onnx_constants(graph):
     """Values known before any input arrives: initializers, Constant nodes, Identity of those."""
     from onnx import numpy_helper
@@ -154,12 +161,9 @@ def _onnx_constants(graph):
             attrs = _onnx_attrs(node)
             if "value" in attrs:
                 values[node.output[0]] = numpy_helper.to_array(attrs["value"])
-            elif "value_float" in attrs or "value_floats" in attrs:
-                values[node.output[0]] = np.asarray(attrs.get("value_float", attrs.get("value_floats")),
-                                                    np.float32)
-            elif "value_int" in attrs or "value_ints" in attrs:
-                values[node.output[0]] = np.asarray(attrs.get("value_int", attrs.get("value_ints")),
-                                                    np.int64)
+            for key, dtype in _CONSTANT_NUMBERS.items():
+                if key in attrs:
+                    values[node.output[0]] = np.asarray(attrs[key], dtype)
         elif node.op_type == "Identity" and node.input[0] in values:
             values[node.output[0]] = values[node.input[0]]
     return values
@@ -279,14 +283,27 @@ def import_onnx(path):
     serialized = proto.SerializeToString()
 
     def run(x):
+        """Feed x in the declared input shape: a fixed batch size (a model exported without a
+        dynamic batch axis) gets zero-padded chunks of that size."""
         ort = _load_optional("onnxruntime", "onnx")
-        session = ort.InferenceSession(serialized, providers=["CPUExecutionProvider"])
         x = np.asarray(x, input_dtype)
         if len(shape) > 2 and all(shape[1:]):  # e.g. (n, 1, 28, 28) before a Flatten
             x = x.reshape([len(x)] + shape[1:])
-        return session.run(None, {graph_input.name: x})[0]
+        batch = shape[0] if shape and shape[0] else len(x)
+        try:
+            session = ort.InferenceSession(serialized, providers=["CPUExecutionProvider"])
+            outputs = []
+            for start in range(0, len(x), batch):
+                chunk = x[start:start + batch]
+                padded = np.concatenate([chunk, np.zeros((batch - len(chunk),) + x.shape[1:],
+                                                         x.dtype)])
+                outputs.append(session.run(None, {graph_input.name: padded})[0][:len(chunk)])
+        except Exception as exc:  # onnxruntime has no public exception base class
+            raise UserError(f"onnxruntime cannot run the model to check it: "
+                            f"{str(exc).splitlines()[0]}", path) from None
+        return np.concatenate(outputs)
 
-    return ImportedModel(network, "onnx", run, output)
+    return ImportedModel(network, "onnx", run, output, "onnxruntime")
 
 
 # ------------------------------------------------------------------ torch
@@ -343,7 +360,8 @@ def _torch_steps(module, path, nn, prefix="", steps=None, dropped=None):
         if kind == "Sequential":
             _torch_steps(child, path, nn, qualified + ".", steps, dropped)
         elif kind == "Linear":
-            steps.append(_Step("linear", where, qualified, _numpy(child.weight), _numpy(child.bias)))
+            steps.append(_Step("linear", where, qualified, _numpy(child.weight),
+                               _numpy(child.bias)))
         elif kind == "BatchNorm1d":
             if child.running_mean is None:
                 raise UserError(f"{where} has track_running_stats=False, so it normalises with "
@@ -425,7 +443,8 @@ def import_torch(path):
             out = module(torch.from_numpy(np.asarray(x)).to(dtype))
         return out.double().numpy()
 
-    return ImportedModel(network, source, run, output)
+    return ImportedModel(network, source, run, output,
+                         "torch.jit" if source == "torchscript" else "torch")
 
 
 def import_model(path):

@@ -5,13 +5,14 @@ dataset files can be rebuilt from the same bytes any time. Parsing all 18 record
 12 cm fan takes about 2 s; parsed arrays are kept in memory and, keyed by the zip's name, size
 and mtime, in a small .npy cache, so only the first run of a session pays for it.
 
-Features are the spectra exactly as published: 512 amplitudes, 1..512 Hz. The recorder scaled
-every spectrum with the fan running to a peak of 1; the spectra of the stopped fan (the `o`
-part of an `hmlo` recording, about a fifth of it) were not rescaled in the quiet rooms (peaks
-0.05-0.3) but were in the noisy room, where the ventilation fan sets the peak. No further
+Features are the spectra exactly as published: 512 amplitudes per spectrum (bin 0 is always
+0). The recorder scaled every spectrum with the fan running to a peak of 1; the spectra of the
+stopped fan (the `o` stretch that ends every `hmlo` recording, its last ~57 of 235) were not
+rescaled in the quiet rooms (peaks 0.05-0.3) but were beside the ventilator, which then sets
+the peak. So |x|^2 is about 20 on average (31 in `noisy`, at most 180). No further
 preprocessing: a board that collects raw spectra feeds them to the network unchanged, and no
-per-feature statistic from the source room is baked into the model that the target room
-would then break.
+per-feature statistic of the source room is baked into a model that the target room would
+then break.
 """
 import functools
 import io

@@ -1,0 +1,46 @@
+# One kernel interface, backend chosen at import (or forced by name):
+#   "viper" - kernels_viper.py, machine code, allocates nothing (MicroPython with viper)
+#   "py"    - kernels_py.py, the same integers in plain Python (CircuitPython, anything)
+# ulab is not used by the fixed-point path: ulab has no int32 dtype and its dot returns float.
+import sys
+
+# ptr32 loads are zero-extended on a 64-bit port and signed on a 32-bit board; the viper
+# kernels sign-extend with (v << SX) >> SX.
+SX = 32 if sys.maxsize > 0xFFFFFFFF else 0
+
+_cache = {}
+
+
+def available():
+    out = []
+    for name in ("viper", "py"):
+        try:
+            get(name)
+            out.append(name)
+        except ImportError:
+            pass
+    return out
+
+
+def get(name=None):
+    """The kernel module for a backend name; None = the fastest one this firmware has."""
+    if name in _cache:
+        return _cache[name]
+    if name is None:
+        try:
+            mod = get("viper")
+        except ImportError:
+            mod = get("py")
+        _cache[None] = mod
+        return mod
+    if name == "viper":
+        try:
+            from . import kernels_viper as mod
+        except (SyntaxError, ImportError, NameError, AttributeError) as e:
+            raise ImportError("viper kernels unavailable on this firmware: %s" % e)
+    elif name == "py":
+        from . import kernels_py as mod
+    else:
+        raise ImportError("unknown kernel backend %r (viper, py)" % (name,))
+    _cache[name] = mod
+    return mod

@@ -1,0 +1,131 @@
+# Pure-Python twins of kernels_viper.py: the same integers, for firmware without viper
+# (CircuitPython) and as the readable statement of what each kernel computes. Buffers are
+# typed arrays ('b' int8, 'h' int16, 'i' int32) so indexing gives signed values.
+NAME = "py"
+LIM = 0x3FFFFFFF
+
+
+def _sat(v):
+    return LIM if v > LIM else (-LIM if v < -LIM else v)
+
+
+def dense_q16(W, X, d_in, d_out, M, N, BETA, OUT, sx):
+    row = 0
+    xs = range(d_in)
+    for j in range(d_out):
+        acc = 0
+        for k in xs:
+            acc += W[row + k] * X[k]
+        m = M[j]
+        n = N[j]
+        t = (acc >> 15) * m + (((acc & 0x7FFF) * m + 16384) >> 15)
+        if n > 15:
+            v = (t + (1 << (n - 16))) >> (n - 15)
+        elif n == 15:
+            v = t
+        else:
+            lim = LIM >> (15 - n)
+            v = (lim if t > lim else (-lim if t < -lim else t)) << (15 - n)
+        OUT[j] = _sat(v + BETA[j])
+        row += d_in
+
+
+def requant8(V, d, m, n, relu, OUT, sx):
+    best = 0 if relu else -LIM
+    lo_q = 0 if relu else -127
+    for j in range(d):
+        v = V[j]
+        if v > best:
+            best = v
+        t = (v >> 15) * m + (((v & 0x7FFF) * m + 16384) >> 15)
+        q = (t + (1 << (n - 16))) >> (n - 15)
+        OUT[j] = 127 if q > 127 else (lo_q if q < lo_q else q)
+    return best
+
+
+def adapter_u(A, X, rows, d, ps, sh, U):
+    base = 0
+    for r in range(rows):
+        acc = 0
+        k0 = 0
+        while k0 < d:
+            k1 = min(k0 + 512, d)
+            c = 0
+            for k in range(k0, k1):
+                c += A[base + k] * X[k]
+            if ps > 0:
+                c = (c + (1 << (ps - 1))) >> ps
+            acc += c
+            k0 = k1
+        if sh > 0:
+            acc = (acc + (1 << (sh - 1))) >> sh
+        elif sh < 0:
+            acc = max(-32767, min(32767, acc)) << (-sh)
+        U[r] = max(-32767, min(32767, acc))
+        base += d
+
+
+def logits_bu(B, U, C, r, Y, sx):
+    base = 0
+    for c in range(C):
+        y = Y[c]
+        for j in range(r):
+            y = _sat(y + ((B[base + j] * U[j] + 4) >> 3))
+        Y[c] = y
+        base += r
+
+
+def bg(B, G, C, r, m, t, E):
+    for j in range(r):
+        s = 0
+        for c in range(C):
+            s += B[c * r + j] * G[c]
+        v = (s >> 15) * m + (((s & 0x7FFF) * m + 16384) >> 15)
+        E[j] = (v + (1 << (t - 1))) >> t
+
+
+def upd_b(B32, B16, G, U, C, r, sh, refresh, sx):
+    i = 0
+    for c in range(C):
+        g = G[c]
+        for j in range(r):
+            p = g * U[j]
+            if sh > 0:
+                p = (p + (1 << (sh - 1))) >> sh
+            elif sh < 0:
+                lim = LIM >> (-sh)
+                p = (lim if p > lim else (-lim if p < -lim else p)) << (-sh)
+            v = _sat(B32[i] - p)
+            B32[i] = v
+            if refresh:
+                B16[i] = (v + 32768) >> 16
+            i += 1
+
+
+def upd_a(A32, A16, X, E, r, d, sh, refresh, sx):
+    i = 0
+    for j in range(r):
+        e = E[j]
+        if e == 0 and not refresh:
+            i += d
+            continue
+        if sh > 0:
+            half = 1 << (sh - 1)
+            for k in range(d):
+                v = A32[i] - ((e * X[k] + half) >> sh)
+                v = LIM if v > LIM else (-LIM if v < -LIM else v)
+                A32[i] = v
+                if refresh:
+                    A16[i] = (v + 32768) >> 16
+                i += 1
+        else:
+            lim = LIM >> (-sh)
+            for k in range(d):
+                p = e * X[k]
+                p = (lim if p > lim else (-lim if p < -lim else p)) << (-sh)
+                v = A32[i] - p
+                v = LIM if v > LIM else (-LIM if v < -LIM else v)
+                A32[i] = v
+                if refresh:
+                    A16[i] = (v + 32768) >> 16
+                i += 1

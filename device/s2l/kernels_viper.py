@@ -1,0 +1,258 @@
+# Fixed-point kernels compiled to machine code by MicroPython's viper emitter.
+#
+# Imported by kernels.py inside try/except (SyntaxError, ImportError): on firmware without
+# viper (CircuitPython) this module fails to compile and kernels_py.py is used instead.
+# Every kernel has a twin in kernels_py.py that gives the same integers; the formats and the
+# int32 bounds of every intermediate are in docs/device.md and checked by
+# tests/test_device_int32_bounds.py.
+#
+# Viper facts relied on (docs/PLATFORMS.md): ptr8/ptr16 loads are unsigned, so int8/int16 are
+# sign-extended with (v ^ 0x80) - 0x80; ptr32 loads are unsigned on the 64-bit unix port and
+# signed on 32-bit boards, so int32 loads go through (v << sx) >> sx with sx = 32 on 64-bit and
+# 0 on 32-bit (passed in by kernels.py). Every literal fits a 31-bit small int.
+import micropython
+
+NAME = "viper"
+
+
+@micropython.viper
+def dense_q16(W: ptr8, X: ptr8, d_in: int, d_out: int, M: ptr32, N: ptr8, BETA: ptr32,
+              OUT: ptr32, sx: int):
+    # OUT[j] = sat30(mulshift(sum_k W[j,k] X[k], M[j], N[j]) + BETA[j]); W, X int8
+    j = 0
+    row = 0
+    while j < d_out:
+        acc = 0
+        k = 0
+        while k < d_in:
+            w = W[row + k]
+            x = X[k]
+            acc += ((w ^ 0x80) - 0x80) * ((x ^ 0x80) - 0x80)
+            k += 1
+        m = M[j]
+        m = (m << sx) >> sx
+        n = int(N[j])
+        hi = acc >> 15
+        lo = acc & 0x7FFF
+        t = hi * m + ((lo * m + 16384) >> 15)
+        if n > 15:
+            v = (t + (1 << (n - 16))) >> (n - 15)
+        elif n == 15:
+            v = t
+        else:
+            lim = 0x3FFFFFFF >> (15 - n)
+            if t > lim:
+                t = lim
+            elif t < 0 - lim:
+                t = 0 - lim
+            v = t << (15 - n)
+        b = BETA[j]
+        b = (b << sx) >> sx
+        v += b
+        if v > 0x3FFFFFFF:
+            v = 0x3FFFFFFF
+        elif v < -0x3FFFFFFF:
+            v = -0x3FFFFFFF
+        OUT[j] = v
+        j += 1
+        row += d_in
+
+
+@micropython.viper
+def requant8(V: ptr32, d: int, m: int, n: int, relu: int, OUT: ptr8, sx: int) -> int:
+    # OUT[j] = clamp(round(V[j] * m / 2**n)); returns max(V) (0 if relu and all negative)
+    best = 0 - 0x3FFFFFFF
+    if relu:
+        best = 0
+    j = 0
+    while j < d:
+        v = V[j]
+        v = (v << sx) >> sx
+        if v > best:
+            best = v
+        hi = v >> 15
+        lo = v & 0x7FFF
+        t = hi * m + ((lo * m + 16384) >> 15)
+        q = (t + (1 << (n - 16))) >> (n - 15)
+        if q > 127:
+            q = 127
+        if relu:
+            if q < 0:
+                q = 0
+        elif q < -127:
+            q = -127
+        OUT[j] = q
+        j += 1
+    return best
+
+
+@micropython.viper
+def adapter_u(A: ptr16, X: ptr8, rows: int, d: int, ps: int, sh: int, U: ptr16):
+    # U[r] = sat16(round((sum_k A[r,k] X[k], chunks of 512 pre-shifted by ps) / 2**sh))
+    r = 0
+    base = 0
+    while r < rows:
+        acc = 0
+        k0 = 0
+        while k0 < d:
+            k1 = k0 + 512
+            if k1 > d:
+                k1 = d
+            c = 0
+            k = k0
+            while k < k1:
+                a = A[base + k]
+                x = X[k]
+                c += ((a ^ 0x8000) - 0x8000) * ((x ^ 0x80) - 0x80)
+                k += 1
+            if ps > 0:
+                c = (c + (1 << (ps - 1))) >> ps
+            acc += c
+            k0 = k1
+        if sh > 0:
+            acc = (acc + (1 << (sh - 1))) >> sh
+        elif sh < 0:
+            if acc > 32767:
+                acc = 32767
+            elif acc < -32767:
+                acc = -32767
+            acc = acc << (0 - sh)
+        if acc > 32767:
+            acc = 32767
+        elif acc < -32767:
+            acc = -32767
+        U[r] = acc
+        r += 1
+        base += d
+
+
+@micropython.viper
+def logits_bu(B: ptr16, U: ptr16, C: int, r: int, Y: ptr32, sx: int):
+    # Y[c] = sat30(Y[c] + sum_j round(B[c,j] U[j] / 8))
+    c = 0
+    base = 0
+    while c < C:
+        y = Y[c]
+        y = (y << sx) >> sx
+        j = 0
+        while j < r:
+            b = B[base + j]
+            u = U[j]
+            y += (((b ^ 0x8000) - 0x8000) * ((u ^ 0x8000) - 0x8000) + 4) >> 3
+            if y > 0x3FFFFFFF:
+                y = 0x3FFFFFFF
+            elif y < -0x3FFFFFFF:
+                y = -0x3FFFFFFF
+            j += 1
+        Y[c] = y
+        c += 1
+        base += r
+
+
+@micropython.viper
+def bg(B: ptr16, G: ptr16, C: int, r: int, m: int, t: int, E: ptr32):
+    # E[j] = round(sum_c B[c,j] G[c] * m / 2**(15 + t))
+    j = 0
+    while j < r:
+        s = 0
+        c = 0
+        while c < C:
+            b = B[c * r + j]
+            g = G[c]
+            s += ((b ^ 0x8000) - 0x8000) * ((g ^ 0x8000) - 0x8000)
+            c += 1
+        hi = s >> 15
+        lo = s & 0x7FFF
+        v = hi * m + ((lo * m + 16384) >> 15)
+        E[j] = (v + (1 << (t - 1))) >> t
+        j += 1
+
+
+@micropython.viper
+def upd_b(B32: ptr32, B16: ptr16, G: ptr16, U: ptr16, C: int, r: int, sh: int, refresh: int,
+          sx: int):
+    # B32[c,j] = sat30(B32 - round(G[c] U[j] / 2**sh)); if refresh: B16 = round(B32 / 2**16)
+    c = 0
+    i = 0
+    while c < C:
+        g = G[c]
+        g = (g ^ 0x8000) - 0x8000
+        j = 0
+        while j < r:
+            u = U[j]
+            p = g * ((u ^ 0x8000) - 0x8000)
+            if sh > 0:
+                p = (p + (1 << (sh - 1))) >> sh
+            elif sh < 0:
+                lim = 0x3FFFFFFF >> (0 - sh)
+                if p > lim:
+                    p = lim
+                elif p < 0 - lim:
+                    p = 0 - lim
+                p = p << (0 - sh)
+            v = B32[i]
+            v = ((v << sx) >> sx) - p
+            if v > 0x3FFFFFFF:
+                v = 0x3FFFFFFF
+            elif v < -0x3FFFFFFF:
+                v = -0x3FFFFFFF
+            B32[i] = v
+            if refresh:
+                B16[i] = (v + 32768) >> 16
+            i += 1
+            j += 1
+        c += 1
+
+
+@micropython.viper
+def upd_a(A32: ptr32, A16: ptr16, X: ptr8, E: ptr32, r: int, d: int, sh: int, refresh: int,
+          sx: int):
+    # A32[j,k] = sat30(A32 - round(E[j] X[k] / 2**sh)); if refresh: A16 = round(A32 / 2**16)
+    j = 0
+    i = 0
+    while j < r:
+        e = E[j]
+        e = (e << sx) >> sx
+        if e == 0 and refresh == 0:
+            i += d
+            j += 1
+            continue
+        k = 0
+        if sh > 0:
+            half = 1 << (sh - 1)
+            while k < d:
+                x = X[k]
+                p = (e * ((x ^ 0x80) - 0x80) + half) >> sh
+                v = A32[i]
+                v = ((v << sx) >> sx) - p
+                if v > 0x3FFFFFFF:
+                    v = 0x3FFFFFFF
+                elif v < -0x3FFFFFFF:
+                    v = -0x3FFFFFFF
+                A32[i] = v
+                if refresh:
+                    A16[i] = (v + 32768) >> 16
+                i += 1
+                k += 1
+        else:
+            lim = 0x3FFFFFFF >> (0 - sh)
+            while k < d:
+                x = X[k]
+                p = e * ((x ^ 0x80) - 0x80)
+                if p > lim:
+                    p = lim
+                elif p < 0 - lim:
+                    p = 0 - lim
+                p = p << (0 - sh)
+                v = A32[i]
+                v = ((v << sx) >> sx) - p
+                if v > 0x3FFFFFFF:
+                    v = 0x3FFFFFFF
+                elif v < -0x3FFFFFFF:
+                    v = -0x3FFFFFFF
+                A32[i] = v
+                if refresh:
+                    A16[i] = (v + 32768) >> 16
+                i += 1
+                k += 1
+        j += 1

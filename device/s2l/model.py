@@ -1,0 +1,188 @@
+# A compiled model file (.s2lm) on the board: checked (magic, version, header CRC, file CRC,
+# dims, block headers, NaN), loaded once into typed arrays, and a float predict() that applies
+# loaded adapters of every kind. The fixed-point fast path lives in train.py / fixed.py.
+import struct
+
+from .compat import S2LError
+from .formats import (MODEL_MAGIC, F32, I8, MAX_CLASSES, MAX_LAYERS, KIND_SKIP, KIND_PARALLEL,
+                      KIND_DELTA, check_dim, check_finite, fail, is_finite, open_checked, pad4,
+                      read_exact, read_adapters, zeros)
+
+_WHAT = "model"
+
+
+class Layer:
+    """One frozen dense layer: W (array 'f', or 'b' codes with per-row scale), bias 'f'."""
+
+    def __init__(self, d_in, d_out, W, scale, bias, relu):
+        self.d_in, self.d_out, self.W, self.scale, self.bias, self.relu = (
+            d_in, d_out, W, scale, bias, relu)
+
+
+class Model:
+    def __init__(self, path):
+        self.path = path
+        f, head, size, crc = open_checked(path, MODEL_MAGIC)
+        try:
+            self._parse(f, head, size)
+        finally:
+            f.close()
+        self.file_crc = crc
+        self.adapters = []  # float adapters applied by predict: see load_adapters()
+        self.adapter_scale = 1.0
+        self.xs = [zeros("f", d) for d in self.dims]  # x_1..x_L, then the logits
+        self._tmp = zeros("f", max(self.dims))
+
+    def _parse(self, f, head, size):
+        path = self.path
+        L, dtype, rank, alpha, mask, _ = struct.unpack_from("<BBHfII", head, 8)
+        check_dim(path, _WHAT, "layer count", L, 2, MAX_LAYERS)
+        if dtype not in (F32, I8):
+            fail(path, _WHAT, "weight dtype code %d unknown" % dtype)
+        if 24 + 2 * (L + 1) + 4 > len(head):
+            fail(path, _WHAT, "header too short for %d layers" % L)
+        dims = list(struct.unpack_from("<%dH" % (L + 1), head, 24))
+        for d in dims:
+            check_dim(path, _WHAT, "dim", d)
+        check_dim(path, _WHAT, "class count", dims[-1], 2, MAX_CLASSES)
+        if not is_finite(alpha):
+            fail(path, _WHAT, "alpha is NaN or Inf")
+        total = len(head) + 4
+        for i in range(L):
+            di, do = dims[i], dims[i + 1]
+            total += 8 + (4 * do * di + 4 * do if dtype == F32 else 4 * do + pad4(do * di) + 4 * do)
+        if total != size:
+            fail(path, _WHAT, "size %d does not match the dims (%d expected)" % (size, total))
+        self.n_layers, self.dtype, self.rank, self.alpha = L, dtype, rank, alpha
+        self.adapter_mask = mask or ((1 << L) - 1)
+        self.dims = dims
+        self.n_classes = dims[-1]
+        self.layers = []
+        blk = bytearray(8)
+        for i in range(L):
+            read_exact(f, blk, 8, path, _WHAT)
+            d_in, d_out, ldt, relu, _ = struct.unpack("<HHBBH", blk)
+            if d_in != dims[i] or d_out != dims[i + 1] or ldt != dtype or relu != (i < L - 1):
+                fail(path, _WHAT, "layer %d block (%dx%d, dtype %d, relu %d) disagrees with "
+                     "the header" % (i, d_in, d_out, ldt, relu))
+            scale = None
+            if dtype == I8:
+                scale = read_exact(f, zeros("f", d_out), 4 * d_out, path, _WHAT)
+                check_finite(path, _WHAT, "layer %d scale" % i, scale)
+                W = read_exact(f, zeros("b", d_out * d_in), d_out * d_in, path, _WHAT)
+                p = pad4(d_out * d_in) - d_out * d_in
+                if p:
+                    f.read(p)
+            else:
+                W = read_exact(f, zeros("f", d_out * d_in), 4 * d_out * d_in, path, _WHAT)
+                check_finite(path, _WHAT, "layer %d weight" % i, W)
+            bias = read_exact(f, zeros("f", d_out), 4 * d_out, path, _WHAT)
+            check_finite(path, _WHAT, "layer %d bias" % i, bias)
+            self.layers.append(Layer(d_in, d_out, W, scale, bias, i < L - 1))
+
+    # ------------------------------------------------------------------ float inference
+
+    def dense(self, i, xin, xout):
+        """xout = W_i xin + b_i (float, no activation)."""
+        lay = self.layers[i]
+        W, sc, b, d_in = lay.W, lay.scale, lay.bias, lay.d_in
+        row = 0
+        for j in range(lay.d_out):
+            acc = 0.0
+            for k in range(d_in):
+                acc += W[row + k] * xin[k]
+            if sc is not None:
+                acc *= sc[j]
+            xout[j] = acc + b[j]
+            row += d_in
+
+    def forward(self, x, adapters=True):
+        """Logits (array self.xs[-1]) of x; the layer inputs stay in self.xs[0..L-1]."""
+        xs = self.xs
+        x1 = xs[0]
+        if len(x) != len(x1):
+            raise S2LError("sample has %d features, the model needs %d" % (len(x), len(x1)),
+                           self.path)
+        for k in range(len(x1)):
+            x1[k] = x[k]
+        ads = self.adapters if adapters else ()
+        s = self.adapter_scale
+        tmp = self._tmp
+        for i in range(self.n_layers):
+            out = xs[i + 1]
+            self.dense(i, xs[i], out)
+            for (layer, kind, A, ar, ac, B, br, bc) in ads:
+                if layer != i or kind == KIND_SKIP:
+                    continue
+                if kind == KIND_DELTA:
+                    _matvec(A, xs[i], ar, ac, tmp)
+                    for j in range(ar):
+                        out[j] += tmp[j] + B[j]
+                else:
+                    _matvec(A, xs[i], ar, ac, tmp)
+                    for j in range(br):
+                        acc = 0.0
+                        for q in range(ar):
+                            acc += B[j * bc + q] * tmp[q]
+                        out[j] += s * acc
+            if i < self.n_layers - 1:
+                for j in range(len(out)):
+                    if out[j] < 0.0:
+                        out[j] = 0.0
+        y = xs[-1]
+        for (layer, kind, A, ar, ac, B, br, bc) in ads:
+            if kind != KIND_SKIP:
+                continue
+            _matvec(A, xs[layer], ar, ac, tmp)
+            for c in range(br):
+                acc = 0.0
+                for q in range(ar):
+                    acc += B[c * bc + q] * tmp[q]
+                y[c] += s * acc
+        return y
+
+    def predict(self, x, adapters=True):
+        """The class index of sample x (a sequence of floats)."""
+        return argmax(self.forward(x, adapters))
+
+    def load_adapters(self, path):
+        """Load a .s2la file (checked, and it must be for this model) for predict()."""
+        af = read_adapters(path)
+        if af["model_crc"] != self.file_crc:
+            raise S2LError("adapters were trained for another model (model CRC %08x, this "
+                           "model %08x)" % (af["model_crc"], self.file_crc), path)
+        for (layer, kind, A, ar, ac, B, br, bc) in af["adapters"]:
+            if layer >= self.n_layers:
+                raise S2LError("adapter on layer %d, the model has %d" % (layer, self.n_layers),
+                               path)
+            d_in, d_out = self.dims[layer], self.dims[layer + 1]
+            ok = {KIND_SKIP: ac == d_in and br == self.n_classes and bc == ar,
+                  KIND_PARALLEL: ac == d_in and br == d_out and bc == ar,
+                  KIND_DELTA: ar == d_out and ac == d_in and br == d_out and bc == 1}[kind]
+            if not ok:
+                raise S2LError("adapter on layer %d has shapes that do not fit the model"
+                               % layer, path)
+        self.adapters = af["adapters"]
+        self.adapter_scale = af["alpha"] / af["rank"]
+        return af
+
+    def clear_adapters(self):
+        self.adapters = []
+
+
+def _matvec(A, x, rows, cols, out):
+    base = 0
+    for r in range(rows):
+        acc = 0.0
+        for k in range(cols):
+            acc += A[base + k] * x[k]
+        out[r] = acc
+        base += cols
+
+
+def argmax(v):
+    best = 0
+    for i in range(1, len(v)):
+        if v[i] > v[best]:
+            best = i
+    return best

@@ -1,0 +1,714 @@
+# Fine-tuning on the board: Skip2-LoRA (default), Skip-LoRA, LoRA-All and FT-Last.
+#
+# Two arithmetics behind one Trainer:
+#   fixed  - skip2lora / skip-lora on an int8 model: int8 activations (Skip-Cache int8), int32
+#            adapter masters, int16 forward copies, viper kernels (or their pure-Python twins);
+#            the formats, shifts and bounds are in docs/device.md.
+#   float  - every method, float32 arrays, plain Python: the path compared with the numpy
+#            reference (host/skip2lora/reference.py) to a stated tolerance.
+# Every buffer is allocated in __init__ (sized from the model and dataset headers); the
+# training loop only fills them.
+import math
+import struct
+
+from .compat import S2LError, ticks_ms, ticks_diff
+from .formats import (F32, I8, I32, KIND_SKIP, KIND_PARALLEL, KIND_DELTA, METHODS, pad4,
+                      write_adapters, zeros)
+from .model import Model, argmax
+from .dataset import Dataset
+from .rng import XorShift32, adapter_init
+from .cache import Cache
+from . import kernels
+
+SKIP_METHODS = ("skip2lora", "skip-lora")
+SUPPORTED = ("skip2lora", "skip-lora", "lora-all", "ft-last")
+LIM = 0x3FFFFFFF
+T_BG = 6  # pre-shift of B^T g, keeps e * x inside int32 (docs/device.md)
+
+
+def _f32(x):
+    """x rounded to float32, as a header stores it (so a reloaded scale gives equal bits)."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def q15(x):
+    """x >= 0 as (M, n) with x ~= M / 2**n and 2**14 <= M < 2**15 (M = 0 for x = 0)."""
+    if x <= 0:
+        return 0, 15
+    f, e = math.frexp(x)
+    M = int(f * 32768 + 0.5)
+    n = 15 - e
+    if M >= 32768:
+        M, n = 16384, n - 1
+    return M, n
+
+
+def _sat(v, lim=LIM):
+    return lim if v > lim else (-lim if v < -lim else v)
+
+
+class _Adapter:
+    pass
+
+
+class Trainer:
+    def __init__(self, model, data, method="skip2lora", rank=None, alpha=None, lr=1.0 / 256,
+                 batch_size=1, momentum=0.0, seed=0, backend=None, cache=None,
+                 cache_dtype=None, targets=None, shuffle=True, log=print):
+        self.model = model if isinstance(model, Model) else Model(model)
+        self.data = data if isinstance(data, Dataset) else Dataset(data)
+        m, ds = self.model, self.data
+        if ds.n_features != m.dims[0] or ds.n_classes != m.n_classes:
+            raise S2LError("dataset has %d features and %d classes, the model %d and %d"
+                           % (ds.n_features, ds.n_classes, m.dims[0], m.n_classes), ds.path)
+        if ds.n == 0:
+            raise S2LError("dataset has no samples", ds.path)
+        if method not in SUPPORTED:
+            raise S2LError("method %r is not available on the board; choose one of %s"
+                           % (method, ", ".join(SUPPORTED)))
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise S2LError("batch_size must be an integer >= 1")
+        if not lr >= 0 or not 0 <= momentum < 1:
+            raise S2LError("lr must be >= 0 and momentum in [0, 1)")
+        self.method, self.lr, self.batch_size, self.momentum = method, lr, batch_size, momentum
+        self.seed, self.shuffle, self.log = seed, shuffle, log
+        self.rank = rank or m.rank or 4
+        if not 1 <= self.rank <= 64:
+            raise S2LError("rank must be 1..64")
+        self.alpha = float(self.rank if alpha is None else alpha)
+        self.s = self.alpha / self.rank
+        L = m.n_layers
+        self.L, self.C = L, m.n_classes
+        if method in SKIP_METHODS:
+            self.targets = self._targets(targets)
+        elif method == "lora-all":
+            self.targets = list(range(L))
+        else:
+            self.targets = [L - 1]
+        # arithmetic
+        if method in SKIP_METHODS and backend != "float":
+            if m.dtype != I8:
+                if backend is not None:
+                    raise S2LError("the fixed-point path needs an int8 model (compile with "
+                                   "int8 weights) or backend='float'", m.path)
+                backend = "float"
+        else:
+            if backend not in (None, "float"):
+                raise S2LError("%s runs in float on the board; use backend=None or 'float'"
+                               % method)
+            backend = "float"
+        self.fixed = backend != "float"
+        if self.fixed:
+            try:
+                self.K = kernels.get(backend)
+            except ImportError as e:
+                raise S2LError(str(e))
+            self.backend = self.K.NAME
+            if momentum:
+                raise S2LError("momentum is only supported with backend='float'")
+        else:
+            self.backend = "float"
+        # cache
+        self.cache = None
+        want = "int8" if self.fixed else "f32"
+        if method == "skip2lora":
+            if cache is None:
+                p = ds.path
+                cache = (p[:-1] + "c") if p.endswith(".s2ld") else p + ".s2lc"
+            if cache_dtype is None:
+                cache_dtype = want
+            if cache_dtype != want:
+                raise S2LError("cache_dtype %r does not go with backend %r (use %r)"
+                               % (cache_dtype, self.backend, want), cache)
+        self.cache_path, self.cache_dtype = cache, cache_dtype
+        self.rng = XorShift32(seed)
+        self.epochs_done = 0
+        self.history = []
+        self._prepared = False
+        self.n = ds.n
+        self.order = zeros("H", self.n) if self.n < 65536 else [0] * self.n
+        self.scales = None
+        if self.fixed:
+            self._alloc_fixed()
+        else:
+            self._alloc_float()
+
+    def _targets(self, targets):
+        L = self.L
+        if targets is None:
+            t = [i for i in range(L) if self.model.adapter_mask >> i & 1]
+        elif targets == "all":
+            t = list(range(L))
+        elif targets == "hidden":
+            t = list(range(1, L))
+        else:
+            t = sorted(set(int(i) for i in targets))
+        if not t or t[0] < 0 or t[-1] >= L:
+            raise S2LError("targets must be 'all', 'hidden' or layer indices in 0..%d" % (L - 1))
+        return t
+
+    # ================================================================== float path
+
+    def _alloc_float(self):
+        m, r, C = self.model, self.rank, self.C
+        dims = m.dims
+        self.xs = [zeros("f", d) for d in dims]  # x_1..x_L, then z / logits (frozen)
+        self.y = zeros("f", C)
+        self.g = zeros("f", C)
+        self.tmp = zeros("f", max(dims))
+        self.delta = zeros("f", max(dims))
+        self.delta2 = zeros("f", max(dims))
+        self.ads = []
+        mom = self.momentum > 0
+        for i in self.targets:
+            a = _Adapter()
+            a.layer = i
+            d_in, d_out = dims[i], dims[i + 1]
+            if self.method == "ft-last":
+                a.kind, a.ar, a.ac, a.br, a.bc = KIND_DELTA, d_out, d_in, d_out, 1
+            else:
+                a.kind = KIND_SKIP if self.method in SKIP_METHODS else KIND_PARALLEL
+                a.ar, a.ac = r, d_in
+                a.br, a.bc = (C if a.kind == KIND_SKIP else d_out), r
+            a.A, a.B = zeros("f", a.ar * a.ac), zeros("f", a.br * a.bc)
+            a.gA, a.gB = zeros("f", a.ar * a.ac), zeros("f", a.br * a.bc)
+            a.vA = zeros("f", a.ar * a.ac) if mom else None
+            a.vB = zeros("f", a.br * a.bc) if mom else None
+            a.u = zeros("f", r)
+            a.v = zeros("f", max(r, a.br))
+            if a.kind != KIND_DELTA:
+                adapter_init(self.rng, a.A, r, d_in)
+            self.ads.append(a)
+        if self.method == "skip2lora":
+            segs = [(d, F32) for d in dims[1:self.L]] + [(self.C, F32)]
+            self.cache = Cache(self.cache_path, m.file_crc, self.data.file_crc, self.n, segs,
+                               self.xs[1:])
+
+    def _load_x1_float(self, k):
+        ds = self.data
+        x1 = self.xs[0]
+        if ds.dtype == F32:
+            return ds.read(k, x1)
+        lab = ds.read(k)
+        xq, sc = ds.x, ds.scale
+        for i in range(len(x1)):
+            x1[i] = xq[i] * sc
+        return lab
+
+    def _frozen_float(self):
+        """x_2..x_L and z of the sample in xs[0], frozen network only."""
+        m, xs = self.model, self.xs
+        for i in range(self.L):
+            out = xs[i + 1]
+            m.dense(i, xs[i], out)
+            if i < self.L - 1:
+                for j in range(len(out)):
+                    if out[j] < 0.0:
+                        out[j] = 0.0
+
+    def _step_float(self, k, nb):
+        """One sample: forward, loss, gradients accumulated (already divided by nb)."""
+        lab = self._load_x1_float(k)
+        xs, C, s, y, g = self.xs, self.C, self.s, self.y, self.g
+        method = self.method
+        if method in SKIP_METHODS:
+            if not (self.cache is not None and self.cache.read(k)):
+                self._frozen_float()
+            z = xs[-1]
+            for c in range(C):
+                y[c] = z[c]
+            for a in self.ads:
+                _matvec(a.A, xs[a.layer], a.ar, a.ac, a.u)
+                for c in range(C):
+                    acc = 0.0
+                    for q in range(a.ar):
+                        acc += a.B[c * a.bc + q] * a.u[q]
+                    y[c] += s * acc
+        elif method == "lora-all":
+            m = self.model
+            for i in range(self.L):
+                a = self.ads[i]
+                out = xs[i + 1] if i < self.L - 1 else y
+                m.dense(i, xs[i], out)
+                _matvec(a.A, xs[i], a.ar, a.ac, a.u)
+                for j in range(a.br):
+                    acc = 0.0
+                    for q in range(a.bc):
+                        acc += a.B[j * a.bc + q] * a.u[q]
+                    out[j] += s * acc
+                if i < self.L - 1:
+                    for j in range(len(out)):
+                        if out[j] < 0.0:
+                            out[j] = 0.0
+        else:  # ft-last
+            self._frozen_float()
+            a = self.ads[0]
+            xl = xs[self.L - 1]
+            _matvec(a.A, xl, a.ar, a.ac, self.tmp)
+            z = xs[-1]
+            for c in range(C):
+                y[c] = z[c] + self.tmp[c] + a.B[c]
+        loss, correct = _softmax_grad(y, lab, g, 1.0 / nb)
+        # backward
+        if method in SKIP_METHODS:
+            for a in self.ads:
+                _skip_grads(a, g, xs[a.layer], C, s)
+        elif method == "lora-all":
+            self._lora_backward()
+        else:
+            a = self.ads[0]
+            xl = xs[self.L - 1]
+            for c in range(C):
+                gc = g[c]
+                base = c * a.ac
+                for k2 in range(a.ac):
+                    a.gA[base + k2] += gc * xl[k2]
+                a.gB[c] += gc
+        return loss, correct
+
+    def _lora_backward(self):
+        m, xs, s = self.model, self.xs, self.s
+        delta, nxt = self.delta, self.delta2
+        g = self.g
+        for j in range(self.C):
+            delta[j] = g[j]
+        for i in range(self.L - 1, -1, -1):
+            a = self.ads[i]
+            d_in, d_out = m.dims[i], m.dims[i + 1]
+            r = a.ar
+            # v = B^T delta (r), dB += s delta u^T, dA += s v x^T
+            v = a.v
+            for q in range(r):
+                acc = 0.0
+                for j in range(d_out):
+                    acc += a.B[j * r + q] * delta[j]
+                v[q] = acc
+            for j in range(d_out):
+                dj = s * delta[j]
+                base = j * r
+                for q in range(r):
+                    a.gB[base + q] += dj * a.u[q]
+            x = xs[i]
+            for q in range(r):
+                vq = s * v[q]
+                base = q * d_in
+                for k in range(d_in):
+                    a.gA[base + k] += vq * x[k]
+            if i == 0:
+                break
+            # dx = W^T delta + s A^T v, then ReLU of layer i-1 (its output is x_i)
+            lay = m.layers[i]
+            W, sc = lay.W, lay.scale
+            tmp = self.tmp
+            for j in range(d_out):
+                tmp[j] = delta[j] * sc[j] if sc is not None else delta[j]
+            for k in range(d_in):
+                nxt[k] = 0.0
+            row = 0
+            for j in range(d_out):
+                tj = tmp[j]
+                for k in range(d_in):
+                    nxt[k] += W[row + k] * tj
+                row += d_in
+            for q in range(r):
+                vq = s * v[q]
+                base = q * d_in
+                for k in range(d_in):
+                    nxt[k] += a.A[base + k] * vq
+            for k in range(d_in):
+                if not x[k] > 0.0:
+                    nxt[k] = 0.0
+            delta, nxt = nxt, delta
+
+    def _apply_float(self):
+        lr, mom = self.lr, self.momentum
+        for a in self.ads:
+            for P, G, V in ((a.A, a.gA, a.vA), (a.B, a.gB, a.vB)):
+                if V is None:
+                    for i in range(len(P)):
+                        P[i] -= lr * G[i]
+                        G[i] = 0.0
+                else:
+                    for i in range(len(P)):
+                        V[i] = mom * V[i] + G[i]
+                        P[i] -= lr * V[i]
+                        G[i] = 0.0
+
+    # ================================================================== fixed path
+
+    def _alloc_fixed(self):
+        m, r, C, L = self.model, self.rank, self.C, self.L
+        dims = m.dims
+        ds = self.data
+        self.xq = [zeros("b", pad4(d)) for d in dims[:L]]  # x_1..x_L as int8 codes
+        self.x1view = memoryview(self.xq[0])[:dims[0]]
+        self.z32 = zeros("i", C)
+        self.y32 = zeros("i", C)
+        self.v32 = zeros("i", max(dims[1:]))
+        self.g16 = zeros("h", C)
+        self.ge16 = zeros("h", C)
+        self.p = zeros("f", C)
+        self.dM = [zeros("i", dims[i + 1]) for i in range(L)]   # per-channel multipliers
+        self.dN = [bytearray(dims[i + 1]) for i in range(L)]    # per-channel shifts
+        self.dB = [zeros("i", dims[i + 1]) for i in range(L)]   # biases, Q16
+        self.rq = [(0, 16)] * L                                 # requant (M, n) per layer
+        self.x1_in_cache = ds.dtype != I8
+        self.ads = []
+        for i in self.targets:
+            a = _Adapter()
+            a.layer, a.kind, a.d = i, KIND_SKIP, dims[i]
+            a.ar, a.ac, a.br, a.bc = r, dims[i], C, r
+            a.A32, a.A16 = zeros("i", r * a.d), zeros("h", r * a.d)
+            a.B32, a.B16 = zeros("i", C * r), zeros("h", C * r)
+            a.U, a.E = zeros("h", r), zeros("i", r)
+            a.A0 = zeros("f", r * a.d)  # freed once the int32 masters are set
+            adapter_init(self.rng, a.A0, r, a.d)  # real-valued init, scaled once scales known
+            n_chunks = (a.d + 511) // 512
+            a.ps = 0
+            while (1 << a.ps) < n_chunks:
+                a.ps += 1
+            self.ads.append(a)
+        if self.method == "skip2lora":
+            segs, bufs = [], []
+            if self.x1_in_cache:
+                segs.append((dims[0], I8))
+                bufs.append(self.xq[0])
+            for i in range(1, L):
+                segs.append((dims[i], I8))
+                bufs.append(self.xq[i])
+            segs.append((C, I32))
+            bufs.append(self.z32)
+            self.cache = Cache(self.cache_path, m.file_crc, ds.file_crc, self.n, segs, bufs)
+
+    def _set_scales(self, scales, adapters=True):
+        """scales[i] = real value of one int8 code of x_{i+1}; derive every constant (and,
+        the first time, the adapters' int32 masters from their real-valued init)."""
+        m, L = self.model, self.L
+        self.scales = scales
+        for i in range(L):
+            lay = m.layers[i]
+            Ms, Ns, Bs = self.dM[i], self.dN[i], self.dB[i]
+            for j in range(lay.d_out):
+                M, n = q15(lay.scale[j] * scales[i] * 65536.0)
+                if n > 255:
+                    M, n = 0, 15
+                Ms[j], Ns[j] = M, n
+                Bs[j] = _sat(int(math.floor(lay.bias[j] * 65536.0 + 0.5)))
+            if i + 1 < L:
+                self.rq[i] = q15(1.0 / (scales[i + 1] * 65536.0))
+        if not adapters:
+            return
+        for a in self.ads:
+            f, e = math.frexp(scales[a.layer])
+            a.m, a.Eexp = f, -e   # x = q * m * 2**-E
+            a.shu = 4 + a.Eexp - a.ps
+            if a.A0 is not None:
+                for i in range(len(a.A0)):
+                    v = _sat(int(math.floor(a.A0[i] * f * 1073741824.0 + 0.5)))
+                    a.A32[i] = v
+                    a.A16[i] = (v + 32768) >> 16
+                a.A0 = None
+
+    def _batch_consts(self, nb):
+        """Shifts and multipliers for a batch of nb samples: eta = lr * s / nb = f * 2**-h."""
+        eta = self.lr * self.s / nb
+        if eta <= 0:
+            self._eta = None
+            return
+        f, e = math.frexp(eta)
+        h = -e
+        self._eta = f
+        self._shb = h - 5
+        for a in self.ads:
+            a.Mp = int(f * a.m * a.m * 32768 + 0.5)
+            a.sha = h + a.Eexp - 3 - T_BG
+
+    def _load_x1_fixed(self, k):
+        ds = self.data
+        if ds.dtype == I8:
+            return ds.read(k, self.x1view)
+        lab = ds.read(k)
+        x, q = ds.x, self.xq[0]
+        inv = 1.0 / self.scales[0]
+        for i in range(len(x)):
+            v = int(math.floor(x[i] * inv + 0.5))
+            q[i] = 127 if v > 127 else (-127 if v < -127 else v)
+        return lab
+
+    def _frozen_fixed(self, upto=None):
+        """x_2..x_L codes and z (Q16) from the x_1 codes; with upto=i stop after layer i and
+        return the max of its Q16 output (calibration)."""
+        K, m, L, sx = self.K, self.model, self.L, kernels.SX
+        last = L - 1 if upto is None else upto
+        for i in range(last + 1):
+            lay = m.layers[i]
+            out = self.z32 if i == L - 1 else self.v32
+            K.dense_q16(lay.W, self.xq[i], lay.d_in, lay.d_out, self.dM[i], self.dN[i],
+                        self.dB[i], out, sx)
+            if i < L - 1:
+                M, n = self.rq[i]
+                best = K.requant8(out, lay.d_out, M, n, 1, self.xq[i + 1], sx)
+                if i == upto:
+                    return best
+        return 0
+
+    def _calibrate(self):
+        """Per-layer int8 scales from the dataset's maxima: L-1 streaming passes."""
+        ds, L = self.data, self.L
+        scales = [None] * L
+        if ds.dtype == I8:
+            scales[0] = _f32(ds.scale)
+        else:
+            peak = 0.0
+            for k in range(self.n):
+                ds.read(k)
+                for v in ds.x:
+                    if v > peak:
+                        peak = v
+                    elif -v > peak:
+                        peak = -v
+            scales[0] = _f32(max(peak, 1e-30) / 127.0)
+        for i in range(L - 1):
+            tmp = scales[:i + 1] + [1.0] * (L - i - 1)
+            self._set_scales(tmp, adapters=False)
+            best = 256
+            for k in range(self.n):
+                self._load_x1_fixed(k)
+                b = self._frozen_fixed(upto=i)
+                if b > best:
+                    best = b
+            scales[i + 1] = _f32(best / 65536.0 / 127.0)
+        return scales
+
+    def _step_fixed(self, k, refresh):
+        K, sx, C = self.K, kernels.SX, self.C
+        lab = self.data.labels[k]
+        cache = self.cache
+        cached = cache is not None and cache.read(k)
+        if not cached or (self._need_x1 and not self.x1_in_cache):
+            self._load_x1_fixed(k)
+        if not cached:
+            self._frozen_fixed()
+        y32, xq = self.y32, self.xq
+        for c in range(C):
+            y32[c] = 0
+        for a in self.ads:
+            K.adapter_u(a.A16, xq[a.layer], a.ar, a.d, a.ps, a.shu, a.U)
+            K.logits_bu(a.B16, a.U, C, a.ar, y32, sx)
+        # softmax of C values in float, g as Q1.14
+        z, p, s = self.z32, self.p, self.s
+        best = 0
+        for c in range(C):
+            p[c] = z[c] * (1.0 / 65536) + s * y32[c] * (1.0 / 1048576)
+            if p[c] > p[best]:
+                best = c
+        ymax = p[best]
+        loss = ymax - p[lab]
+        tot = 0.0
+        for c in range(C):
+            e = math.exp(p[c] - ymax)
+            p[c] = e
+            tot += e
+        loss += math.log(tot)
+        if self._eta is None:
+            return loss, best == lab
+        f = self._eta
+        g16, ge16 = self.g16, self.ge16
+        for c in range(C):
+            gv = p[c] / tot - (1.0 if c == lab else 0.0)
+            g16[c] = int(math.floor(gv * 16384 + 0.5))
+            ge16[c] = int(math.floor(gv * f * 16384 + 0.5))
+        shb = self._shb
+        for a in self.ads:
+            K.bg(a.B16, g16, C, a.ar, a.Mp, T_BG, a.E)
+            K.upd_b(a.B32, a.B16, ge16, a.U, C, a.ar, shb, refresh, sx)
+            K.upd_a(a.A32, a.A16, xq[a.layer], a.E, a.ar, a.d, a.sha, refresh, sx)
+        return loss, best == lab
+
+    # ================================================================== driver
+
+    def _prepare(self):
+        """First use: activation scales (fixed), and the Skip-Cache built or reused."""
+        if self.fixed:
+            scales = self.cache.open() if self.cache is not None else None
+            if scales is not None:
+                if self.x1_in_cache:
+                    full = scales[:-1]
+                else:
+                    full = [_f32(self.data.scale)] + scales[:-1]
+                self._set_scales(full)
+            else:
+                full = self._calibrate()
+                self._set_scales(full)
+            self._need_x1 = any(a.layer == 0 for a in self.ads)
+            if self.cache is not None and scales is None:
+                segscales = ([full[0]] if self.x1_in_cache else []) + full[1:] + [1.0 / 65536]
+
+                def fill(k):
+                    self._load_x1_fixed(k)
+                    self._frozen_fixed()
+                self.cache.build(segscales, fill)
+        elif self.cache is not None:
+            if self.cache.open() is None:
+                def fill(k):
+                    self._load_x1_float(k)
+                    self._frozen_float()
+                self.cache.build([1.0] * len(self.cache.segs), fill)
+        self._prepared = True
+
+    def fit(self, epochs=1, eval_data=None):
+        """Train for epochs more epochs; prints one progress line per epoch:
+        S2L epoch=<n> loss=<f> acc=<f> ms=<n> cache_reads=<n>"""
+        for _ in range(epochs):
+            t0 = ticks_ms()
+            if not self._prepared:
+                self._prepare()
+            self.epoch()
+            ms = ticks_diff(ticks_ms(), t0)
+            rec = self.history[-1]
+            rec["ms"] = ms
+            if self.log is not None:
+                self.log("S2L epoch=%d loss=%.6f acc=%.4f ms=%d cache_reads=%d"
+                         % (rec["epoch"], rec["loss"], rec["acc"], ms, rec["cache_reads"]))
+        return self.history
+
+    def epoch(self):
+        """One pass over the dataset in this epoch's shuffled order (no progress line)."""
+        if not self._prepared:
+            self._prepare()
+        n, order, bs = self.n, self.order, self.batch_size
+        for i in range(n):
+            order[i] = i
+        if self.shuffle:
+            self.rng.shuffle(order)
+        cache = self.cache
+        r0 = cache.reads if cache is not None else 0
+        b0 = cache.bad if cache is not None else 0
+        loss_sum = 0.0
+        correct = 0
+        start = 0
+        last_nb = -1
+        while start < n:
+            nb = bs if start + bs <= n else n - start
+            if self.fixed:
+                if nb != last_nb:
+                    self._batch_consts(nb)
+                    last_nb = nb
+                for j in range(nb):
+                    l, ok = self._step_fixed(order[start + j], j == nb - 1)
+                    loss_sum += l
+                    correct += ok
+            else:
+                for j in range(nb):
+                    l, ok = self._step_float(order[start + j], nb)
+                    loss_sum += l
+                    correct += ok
+                self._apply_float()
+            start += nb
+        self.epochs_done += 1
+        rec = {"epoch": self.epochs_done, "loss": loss_sum / n, "acc": correct / n,
+               "cache_reads": (cache.reads - r0) if cache is not None else 0,
+               "recomputed": (cache.bad - b0) if cache is not None else 0}
+        self.history.append(rec)
+        return rec
+
+    # ================================================================== results
+
+    def adapters(self):
+        """[(layer, kind, A array('f'), a_rows, a_cols, B array('f'), b_rows, b_cols)] in real
+        units (allocates: call outside the training loop)."""
+        out = []
+        for a in self.ads:
+            if self.fixed:
+                if not self._prepared:
+                    self._prepare()
+                A = zeros("f", len(a.A32))
+                B = zeros("f", len(a.B32))
+                ka = 1.0 / (1073741824.0 * a.m)
+                for i in range(len(A)):
+                    A[i] = a.A32[i] * ka
+                for i in range(len(B)):
+                    B[i] = a.B32[i] * (1.0 / 536870912.0)
+            else:
+                A, B = a.A, a.B
+            out.append((a.layer, a.kind, A, a.ar, a.ac, B, a.br, a.bc))
+        return out
+
+    def save(self, path):
+        """Write the adapters (f32) to path atomically (new file, then rename)."""
+        return write_adapters(path, self.model.file_crc, self.rank, self.C, self.alpha,
+                              self.epochs_done, self.method, self.adapters())
+
+    def apply(self):
+        """Hand the trained adapters to the model, so model.predict() uses them."""
+        self.model.adapters = self.adapters()
+        self.model.adapter_scale = self.s
+        return self.model
+
+    def evaluate(self, data):
+        """Accuracy of the model with the trained adapters on a dataset (float predict)."""
+        ds = data if isinstance(data, Dataset) else Dataset(data)
+        m = self.apply()
+        x = zeros("f", ds.n_features)
+        ok = 0
+        for k in range(ds.n):
+            lab = ds.read(k)
+            for i in range(ds.n_features):
+                x[i] = ds.x[i] * ds.scale if ds.dtype == I8 else ds.x[i]
+            ok += m.predict(x) == lab
+        return ok / ds.n if ds.n else 0.0
+
+    def close(self):
+        if self.cache is not None:
+            self.cache.close()
+
+
+def _matvec(A, x, rows, cols, out):
+    base = 0
+    for r in range(rows):
+        acc = 0.0
+        for k in range(cols):
+            acc += A[base + k] * x[k]
+        out[r] = acc
+        base += cols
+
+
+def _softmax_grad(y, lab, g, inv_nb):
+    """g = (softmax(y) - onehot(lab)) * inv_nb; returns (loss, correct)."""
+    C = len(y)
+    ymax = y[0]
+    best = 0
+    for c in range(1, C):
+        if y[c] > ymax:
+            ymax = y[c]
+            best = c
+    tot = 0.0
+    for c in range(C):
+        e = math.exp(y[c] - ymax)
+        g[c] = e
+        tot += e
+    loss = math.log(tot) - (y[lab] - ymax)
+    for c in range(C):
+        g[c] = (g[c] / tot - (1.0 if c == lab else 0.0)) * inv_nb
+    return loss, best == lab
+
+
+def _skip_grads(a, g, x, C, s):
+    """gB += s g u^T; v = B^T g; gA += s v x^T."""
+    r, d = a.ar, a.ac
+    for c in range(C):
+        gc = s * g[c]
+        base = c * r
+        for q in range(r):
+            a.gB[base + q] += gc * a.u[q]
+    v = a.v
+    for q in range(r):
+        acc = 0.0
+        for c in range(C):
+            acc += a.B[c * r + q] * g[c]
+        v[q] = s * acc
+    for q in range(r):
+        vq = v[q]
+        base = q * d
+        for k in range(d):
+            a.gA[base + k] += vq * x[k]

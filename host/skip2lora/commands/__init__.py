@@ -1,0 +1,1 @@
+"""One module per `skip2lora` subcommand, each exposing register(subparsers) and run(args)."""

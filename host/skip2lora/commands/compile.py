@@ -1,0 +1,149 @@
+"""`skip2lora compile`: a user's ONNX or torch model to the `.s2lm` file a board loads.
+
+Everything a user could find out too late on the board is checked here first: that the
+compiled arrays compute what the original model computes, what int8 costs in accuracy, and
+whether the model, its adapters and the fine-tuning data fit the board's heap and flash.
+"""
+import numpy as np
+
+from skip2lora import budget, compiler
+from skip2lora.boards import BOARDS, get_board
+from skip2lora.errors import UserError
+from skip2lora.formats import write_model
+from skip2lora.importers import import_model
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "compile", help="compile an ONNX or PyTorch MLP into a .s2lm model file",
+        description="Import an MLP (ONNX, torch.save or TorchScript), check the compiled arrays "
+                    "against the original runtime, estimate RAM and flash on a board, and write "
+                    "the .s2lm model file.")
+    parser.add_argument("model", help="model file: .onnx, or .pt/.pth (torch.save or TorchScript)")
+    parser.add_argument("-o", "--output", required=True, help="the .s2lm file to write")
+    parser.add_argument("--dtype", choices=compiler.DTYPES, default="f32",
+                        help="frozen weight storage: f32 (exact) or int8 (per-channel scales, "
+                             "4x smaller, small accuracy change); default f32")
+    parser.add_argument("--rank", type=int, default=4, help="adapter rank r (default 4)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="LoRA alpha; adapters are scaled by alpha/r (default: r, scale 1)")
+    parser.add_argument("--targets", default="all",
+                        help="layer inputs that get a skip adapter: all (x1..xL), hidden "
+                             "(x2..xL, cheaper), or 0-based layer indexes like 0,2 (default all)")
+    parser.add_argument("--board", help="board to budget for (see `skip2lora boards`); "
+                                        "refuses a model that does not fit")
+    parser.add_argument("--samples", type=int, default=budget.DEFAULT_SAMPLES,
+                        help=f"fine-tuning samples to budget flash for "
+                             f"(default {budget.DEFAULT_SAMPLES})")
+    parser.add_argument("--dataset-dtype", choices=("int8", "f32"), default="int8",
+                        help="how the fine-tuning samples will be packed on the board, for the "
+                             "flash budget (default int8)")
+    parser.add_argument("--test-data", metavar="FILE.npz",
+                        help="labelled samples (arrays x, y) to report the accuracy of the "
+                             "compiled model, float and int8")
+    parser.add_argument("--force", action="store_true",
+                        help="write the file even if it does not fit the board or fails the "
+                             "float check")
+    parser.set_defaults(run=run)
+
+
+def load_test_data(path, n_features, n_classes):
+    try:
+        with np.load(path) as archive:
+            missing = {"x", "y"} - set(archive.files)
+            if missing:
+                raise UserError(f"the archive lacks the array(s) {', '.join(sorted(missing))}; "
+                                f"it needs x (samples, features) and y (labels)", path)
+            x, y = archive["x"], archive["y"]
+    except FileNotFoundError:
+        raise UserError("no such file; check the path", path) from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read it as a .npz archive ({exc})", path) from None
+    x = np.asarray(x, np.float32).reshape(len(x), -1)
+    y = np.asarray(y)
+    if x.shape[1] != n_features or y.shape != (len(x),):
+        raise UserError(f"x has shape {x.shape} and y {y.shape}; the model needs x (n, "
+                        f"{n_features}) and y (n,) with one label per sample", path)
+    if not np.issubdtype(y.dtype, np.integer) or (len(y) and not 0 <= y.min() <= y.max()
+                                                   < n_classes):
+        raise UserError(f"y must hold integer labels 0..{n_classes - 1}", path)
+    return x, y
+
+
+def _check_line(label, check, tolerance=None):
+    verdict = ""
+    if tolerance is not None:
+        verdict = (f": ok (tolerance {tolerance:g})" if check.relative_error <= tolerance
+                   else f": FAILED (tolerance {tolerance:g})")
+    return f"{label} vs {check.runtime}: {check.summary()}{verdict}"
+
+
+def _report_budget(args, model):
+    dims = model.dims
+
+    def estimate(board):
+        return budget.estimate(dims, board, args.dtype, model.rank, model.adapter_mask,
+                               args.samples, args.dataset_dtype)
+
+    if args.board is None:
+        print("RAM and flash needed for fine-tuning, per board (--board NAME checks one):")
+        for board in BOARDS.values():
+            b = estimate(board)
+            print(f"  {board.name:<14} RAM {budget.kib(b.ram_total):>11} of "
+                  f"{budget.kib(board.heap_bytes):>11}, flash {budget.kib(b.flash_total):>11} of "
+                  f"{budget.kib(board.fs_bytes):>11}: {'fits' if b.fits else 'does not fit'}")
+        return
+    b = estimate(get_board(args.board))
+    for line in b.lines():
+        print(line)
+    if not b.fits:
+        if not args.force:
+            raise UserError(b.refusal())
+        print("  --force: writing it anyway")
+
+
+def run(args):
+    if args.samples < 1:
+        raise UserError(f"--samples {args.samples} must be at least 1")
+    if args.board is not None:
+        get_board(args.board)  # fail on a typo before the slow import
+    imported = import_model(args.model)
+    network = imported.network
+    print(f"imported {args.model} ({imported.source}): {len(network.layers)} linear layers, "
+          f"{'-'.join(map(str, network.dims))}")
+    for note in network.notes:
+        print(f"  {note}")
+
+    exact = compiler.compile_network(network, "f32", args.rank, args.alpha, args.targets)
+    x = compiler.random_inputs(network.dims[0])
+    check = compiler.check_against_runtime(imported, exact, x)
+    print(_check_line("float32 arrays", check, compiler.F32_TOLERANCE))
+    if check.relative_error > compiler.F32_TOLERANCE and not args.force:
+        raise UserError(f"the compiled float32 model disagrees with {check.runtime} "
+                        f"({check.summary()}): the model does something the importer did not "
+                        f"see; please report it (--force writes the file anyway)")
+    model = exact
+    if args.dtype == "int8":
+        model = compiler.compile_network(network, "int8", args.rank, args.alpha, args.targets)
+        print(_check_line("int8 weights", compiler.check_against_runtime(imported, model, x)))
+
+    if args.test_data:
+        tx, ty = load_test_data(args.test_data, network.dims[0], network.n_classes)
+        float_acc = compiler.accuracy(exact, tx, ty)
+        line = f"test data ({len(ty)} samples): float32 accuracy {100 * float_acc:.2f} %"
+        if args.dtype == "int8":
+            int8_acc = compiler.accuracy(model, tx, ty)
+            line += (f", int8 {100 * int8_acc:.2f} % "
+                     f"(change {100 * (int8_acc - float_acc):+.2f} pt)")
+        print(line)
+
+    _report_budget(args, model)
+    try:
+        data = write_model(args.output, model)
+    except OSError as exc:
+        raise UserError(f"cannot write the model file: {exc.strerror or exc}",
+                        args.output) from None
+    targets = compiler.describe_targets(model.adapter_mask, len(model.layers))
+    print(f"wrote {args.output}: {len(data)} bytes, {args.dtype}, rank {model.rank}, alpha "
+          f"{model.alpha:g}, adapters on {targets}")
+    return 0
