@@ -72,10 +72,24 @@ def check_finite(path, what, name, arr):
 _SIZES = {"b": 1, "B": 1, "h": 2, "H": 2, "i": 4, "I": 4, "f": 4}
 
 
+def empty(typecode, n):
+    """An array of n items (contents undefined), allocated once and in place: building it from
+    range() lets MicroPython size it from len() without the transient copy that
+    array(tc, bytearray(nbytes)) makes (which needs twice the RAM of a 32 KB weight matrix)."""
+    from array import array
+    return array(typecode, range(n))
+
+
 def zeros(typecode, n):
     """A zero-filled array of n items, allocated once."""
     from array import array
-    return array(typecode, bytearray(n * _SIZES[typecode]))
+    nbytes = n * _SIZES[typecode]
+    if nbytes <= 2048:
+        return array(typecode, bytearray(nbytes))
+    a = array(typecode, range(n))
+    for i in range(n):
+        a[i] = 0
+    return a
 
 
 def read_exact(f, buf, nbytes, path, what):
@@ -160,8 +174,9 @@ def seal_header(body):
 # ------------------------------------------------------------------ adapters
 
 def write_adapters(path, model_crc, rank, n_classes, alpha, epochs_done, method, adapters):
-    """adapters: list of (layer, kind, A array('f'), a_rows, a_cols, B array('f'), b_rows,
-    b_cols). Written to path + '.tmp', flushed, then renamed over path."""
+    """adapters: list of (layer, kind, A rows [array('f') per row], a_rows, a_cols,
+    B array('f'), b_rows, b_cols). Written to path + '.tmp', flushed, then renamed over
+    path, so a power cut leaves the previous complete file."""
     body = bytearray(struct.pack("<4sHHIBBHfIB3x", ADAPTER_MAGIC, VERSION, 0, model_crc,
                                  len(adapters), rank, n_classes, alpha, epochs_done,
                                  METHODS.index(method)))
@@ -174,9 +189,11 @@ def write_adapters(path, model_crc, rank, n_classes, alpha, epochs_done, method,
         f.write(head)
         crc = crc32(head)
         for layer, kind, A, ar, ac, B, br, bc in adapters:
-            for arr in (A, B):
+            for arr in A:
                 f.write(arr)
                 crc = crc32(arr, crc)
+            f.write(B)
+            crc = crc32(B, crc)
         f.write(struct.pack("<I", crc))
         f.flush()
     finally:
@@ -188,7 +205,8 @@ def write_adapters(path, model_crc, rank, n_classes, alpha, epochs_done, method,
 
 def read_adapters(path):
     """Returns a dict: model_crc, rank, n_classes, alpha, epochs_done, method, file_crc, and
-    adapters = [(layer, kind, A array('f'), a_rows, a_cols, B array('f'), b_rows, b_cols)]."""
+    adapters = [(layer, kind, A rows [array('f')], a_rows, a_cols, B array('f'), b_rows,
+    b_cols)]."""
     from array import array
     what = "adapter"
     f, head, size, file_crc = open_checked(path, ADAPTER_MAGIC)
@@ -217,9 +235,10 @@ def read_adapters(path):
             fail(path, what, "size %d does not match the %d adapters (%d)" % (size, n, total))
         adapters = []
         for layer, kind, ar, ac, br, bc in entries:
-            A = read_exact(f, zeros("f", ar * ac), 4 * ar * ac, path, what)
+            A = [read_exact(f, zeros("f", ac), 4 * ac, path, what) for _ in range(ar)]
             B = read_exact(f, zeros("f", br * bc), 4 * br * bc, path, what)
-            check_finite(path, what, "adapter A", A)
+            for row in A:
+                check_finite(path, what, "adapter A", row)
             check_finite(path, what, "adapter B", B)
             adapters.append((layer, kind, A, ar, ac, B, br, bc))
     finally:

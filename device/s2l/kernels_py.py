@@ -9,10 +9,10 @@ def _sat(v):
     return LIM if v > LIM else (-LIM if v < -LIM else v)
 
 
-def dense_q16(W, X, d_in, d_out, M, N, BETA, OUT, sx):
+def dense_q16(W, X, d_in, j0, nr, M, N, BETA, OUT, sx):
     row = 0
     xs = range(d_in)
-    for j in range(d_out):
+    for j in range(j0, j0 + nr):
         acc = 0
         for k in xs:
             acc += W[row + k] * X[k]
@@ -43,26 +43,23 @@ def requant8(V, d, m, n, relu, OUT, sx):
     return best
 
 
-def adapter_u(A, X, rows, d, ps, sh, U):
-    base = 0
-    for r in range(rows):
-        acc = 0
-        k0 = 0
-        while k0 < d:
-            k1 = min(k0 + 512, d)
-            c = 0
-            for k in range(k0, k1):
-                c += A[base + k] * X[k]
-            if ps > 0:
-                c = (c + (1 << (ps - 1))) >> ps
-            acc += c
-            k0 = k1
-        if sh > 0:
-            acc = (acc + (1 << (sh - 1))) >> sh
-        elif sh < 0:
-            acc = max(-32767, min(32767, acc)) << (-sh)
-        U[r] = max(-32767, min(32767, acc))
-        base += d
+def adapter_u(A, X, d, ps, sh):
+    acc = 0
+    k0 = 0
+    while k0 < d:
+        k1 = min(k0 + 512, d)
+        c = 0
+        for k in range(k0, k1):
+            c += A[k] * X[k]
+        if ps > 0:
+            c = (c + (1 << (ps - 1))) >> ps
+        acc += c
+        k0 = k1
+    if sh > 0:
+        acc = (acc + (1 << (sh - 1))) >> sh
+    elif sh < 0:
+        acc = max(-32767, min(32767, acc)) << (-sh)
+    return max(-32767, min(32767, acc))
 
 
 def logits_bu(B, U, C, r, Y, sx):
@@ -102,30 +99,24 @@ def upd_b(B32, B16, G, U, C, r, sh, refresh, sx):
             i += 1
 
 
-def upd_a(A32, A16, X, E, r, d, sh, refresh, sx):
-    i = 0
-    for j in range(r):
-        e = E[j]
-        if e == 0 and not refresh:
-            i += d
-            continue
-        if sh > 0:
-            half = 1 << (sh - 1)
-            for k in range(d):
-                v = A32[i] - ((e * X[k] + half) >> sh)
-                v = LIM if v > LIM else (-LIM if v < -LIM else v)
-                A32[i] = v
-                if refresh:
-                    A16[i] = (v + 32768) >> 16
-                i += 1
-        else:
-            lim = LIM >> (-sh)
-            for k in range(d):
-                p = e * X[k]
-                p = (lim if p > lim else (-lim if p < -lim else p)) << (-sh)
-                v = A32[i] - p
-                v = LIM if v > LIM else (-LIM if v < -LIM else v)
-                A32[i] = v
-                if refresh:
-                    A16[i] = (v + 32768) >> 16
-                i += 1
+def upd_a(A32, A16, X, e, d, sh, refresh, sx):
+    if e == 0 and not refresh:
+        return
+    if sh > 0:
+        half = 1 << (sh - 1)
+        for k in range(d):
+            v = A32[k] - ((e * X[k] + half) >> sh)
+            v = LIM if v > LIM else (-LIM if v < -LIM else v)
+            A32[k] = v
+            if refresh:
+                A16[k] = (v + 32768) >> 16
+    else:
+        lim = LIM >> (-sh)
+        for k in range(d):
+            p = e * X[k]
+            p = (lim if p > lim else (-lim if p < -lim else p)) << (-sh)
+            v = A32[k] - p
+            v = LIM if v > LIM else (-LIM if v < -LIM else v)
+            A32[k] = v
+            if refresh:
+                A16[k] = (v + 32768) >> 16

@@ -16,12 +16,14 @@ NAME = "viper"
 
 
 @micropython.viper
-def dense_q16(W: ptr8, X: ptr8, d_in: int, d_out: int, M: ptr32, N: ptr8, BETA: ptr32,
-              OUT: ptr32, sx: int):
+def dense_q16(W: ptr8, X: ptr8, d_in: int, j0: int, nr: int, M: ptr32, N: ptr8,
+              BETA: ptr32, OUT: ptr32, sx: int):
+    # rows j0..j0+nr-1 of one weight block (W holds only those rows):
     # OUT[j] = sat30(mulshift(sum_k W[j,k] X[k], M[j], N[j]) + BETA[j]); W, X int8
-    j = 0
+    j = j0
     row = 0
-    while j < d_out:
+    j1 = j0 + nr
+    while j < j1:
         acc = 0
         k = 0
         while k < d_in:
@@ -87,43 +89,38 @@ def requant8(V: ptr32, d: int, m: int, n: int, relu: int, OUT: ptr8, sx: int) ->
 
 
 @micropython.viper
-def adapter_u(A: ptr16, X: ptr8, rows: int, d: int, ps: int, sh: int, U: ptr16):
-    # U[r] = sat16(round((sum_k A[r,k] X[k], chunks of 512 pre-shifted by ps) / 2**sh))
-    r = 0
-    base = 0
-    while r < rows:
-        acc = 0
-        k0 = 0
-        while k0 < d:
-            k1 = k0 + 512
-            if k1 > d:
-                k1 = d
-            c = 0
-            k = k0
-            while k < k1:
-                a = A[base + k]
-                x = X[k]
-                c += ((a ^ 0x8000) - 0x8000) * ((x ^ 0x80) - 0x80)
-                k += 1
-            if ps > 0:
-                c = (c + (1 << (ps - 1))) >> ps
-            acc += c
-            k0 = k1
-        if sh > 0:
-            acc = (acc + (1 << (sh - 1))) >> sh
-        elif sh < 0:
-            if acc > 32767:
-                acc = 32767
-            elif acc < -32767:
-                acc = -32767
-            acc = acc << (0 - sh)
+def adapter_u(A: ptr16, X: ptr8, d: int, ps: int, sh: int) -> int:
+    # one row of A: sat16(round((sum_k A[k] X[k], chunks of 512 pre-shifted by ps) / 2**sh))
+    acc = 0
+    k0 = 0
+    while k0 < d:
+        k1 = k0 + 512
+        if k1 > d:
+            k1 = d
+        c = 0
+        k = k0
+        while k < k1:
+            a = A[k]
+            x = X[k]
+            c += ((a ^ 0x8000) - 0x8000) * ((x ^ 0x80) - 0x80)
+            k += 1
+        if ps > 0:
+            c = (c + (1 << (ps - 1))) >> ps
+        acc += c
+        k0 = k1
+    if sh > 0:
+        acc = (acc + (1 << (sh - 1))) >> sh
+    elif sh < 0:
         if acc > 32767:
             acc = 32767
         elif acc < -32767:
             acc = -32767
-        U[r] = acc
-        r += 1
-        base += d
+        acc = acc << (0 - sh)
+    if acc > 32767:
+        acc = 32767
+    elif acc < -32767:
+        acc = -32767
+    return acc
 
 
 @micropython.viper
@@ -205,54 +202,43 @@ def upd_b(B32: ptr32, B16: ptr16, G: ptr16, U: ptr16, C: int, r: int, sh: int, r
 
 
 @micropython.viper
-def upd_a(A32: ptr32, A16: ptr16, X: ptr8, E: ptr32, r: int, d: int, sh: int, refresh: int,
-          sx: int):
-    # A32[j,k] = sat30(A32 - round(E[j] X[k] / 2**sh)); if refresh: A16 = round(A32 / 2**16)
-    j = 0
-    i = 0
-    while j < r:
-        e = E[j]
-        e = (e << sx) >> sx
-        if e == 0 and refresh == 0:
-            i += d
-            j += 1
-            continue
-        k = 0
-        if sh > 0:
-            half = 1 << (sh - 1)
-            while k < d:
-                x = X[k]
-                p = (e * ((x ^ 0x80) - 0x80) + half) >> sh
-                v = A32[i]
-                v = ((v << sx) >> sx) - p
-                if v > 0x3FFFFFFF:
-                    v = 0x3FFFFFFF
-                elif v < -0x3FFFFFFF:
-                    v = -0x3FFFFFFF
-                A32[i] = v
-                if refresh:
-                    A16[i] = (v + 32768) >> 16
-                i += 1
-                k += 1
-        else:
-            lim = 0x3FFFFFFF >> (0 - sh)
-            while k < d:
-                x = X[k]
-                p = e * ((x ^ 0x80) - 0x80)
-                if p > lim:
-                    p = lim
-                elif p < 0 - lim:
-                    p = 0 - lim
-                p = p << (0 - sh)
-                v = A32[i]
-                v = ((v << sx) >> sx) - p
-                if v > 0x3FFFFFFF:
-                    v = 0x3FFFFFFF
-                elif v < -0x3FFFFFFF:
-                    v = -0x3FFFFFFF
-                A32[i] = v
-                if refresh:
-                    A16[i] = (v + 32768) >> 16
-                i += 1
-                k += 1
-        j += 1
+def upd_a(A32: ptr32, A16: ptr16, X: ptr8, e: int, d: int, sh: int, refresh: int, sx: int):
+    # one row: A32[k] = sat30(A32[k] - round(e X[k] / 2**sh)); if refresh: A16 = round(A32 / 2**16)
+    if e == 0 and refresh == 0:
+        return
+    k = 0
+    if sh > 0:
+        half = 1 << (sh - 1)
+        while k < d:
+            x = X[k]
+            p = (e * ((x ^ 0x80) - 0x80) + half) >> sh
+            v = A32[k]
+            v = ((v << sx) >> sx) - p
+            if v > 0x3FFFFFFF:
+                v = 0x3FFFFFFF
+            elif v < -0x3FFFFFFF:
+                v = -0x3FFFFFFF
+            A32[k] = v
+            if refresh:
+                A16[k] = (v + 32768) >> 16
+            k += 1
+    else:
+        lim = 0x3FFFFFFF >> (0 - sh)
+        while k < d:
+            x = X[k]
+            p = e * ((x ^ 0x80) - 0x80)
+            if p > lim:
+                p = lim
+            elif p < 0 - lim:
+                p = 0 - lim
+            p = p << (0 - sh)
+            v = A32[k]
+            v = ((v << sx) >> sx) - p
+            if v > 0x3FFFFFFF:
+                v = 0x3FFFFFFF
+            elif v < -0x3FFFFFFF:
+                v = -0x3FFFFFFF
+            A32[k] = v
+            if refresh:
+                A16[k] = (v + 32768) >> 16
+            k += 1

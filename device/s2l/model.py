@@ -6,13 +6,20 @@ import struct
 from .compat import S2LError
 from .formats import (MODEL_MAGIC, F32, I8, MAX_CLASSES, MAX_LAYERS, KIND_SKIP, KIND_PARALLEL,
                       KIND_DELTA, check_dim, check_finite, fail, is_finite, open_checked, pad4,
-                      read_exact, read_adapters, zeros)
+                      read_exact, read_adapters, zeros, empty)
 
 _WHAT = "model"
 
 
+# Weights are held in row blocks of at most BLOCK bytes: a long-running board's heap is
+# fragmented (compiling the package from .py leaves no free run above ~14 KB of a 192 KB
+# RP2040 heap), so one 32 KB array for a 512x64 layer could not be allocated.
+BLOCK = 2048
+
+
 class Layer:
-    """One frozen dense layer: W (array 'f', or 'b' codes with per-row scale), bias 'f'."""
+    """One frozen dense layer: W as [(block array, first row, rows)] ('f', or 'b' codes with a
+    per-row scale), bias 'f'."""
 
     def __init__(self, d_in, d_out, W, scale, bias, relu):
         self.d_in, self.d_out, self.W, self.scale, self.bias, self.relu = (
@@ -69,13 +76,22 @@ class Model:
             if dtype == I8:
                 scale = read_exact(f, zeros("f", d_out), 4 * d_out, path, _WHAT)
                 check_finite(path, _WHAT, "layer %d scale" % i, scale)
-                W = read_exact(f, zeros("b", d_out * d_in), d_out * d_in, path, _WHAT)
+            W = []
+            per = max(1, BLOCK // (d_in * (1 if dtype == I8 else 4)))
+            j0 = 0
+            while j0 < d_out:
+                nr = min(per, d_out - j0)
+                if dtype == I8:
+                    blk_w = read_exact(f, empty("b", nr * d_in), nr * d_in, path, _WHAT)
+                else:
+                    blk_w = read_exact(f, empty("f", nr * d_in), 4 * nr * d_in, path, _WHAT)
+                    check_finite(path, _WHAT, "layer %d weight" % i, blk_w)
+                W.append((blk_w, j0, nr))
+                j0 += nr
+            if dtype == I8:
                 p = pad4(d_out * d_in) - d_out * d_in
                 if p:
                     f.read(p)
-            else:
-                W = read_exact(f, zeros("f", d_out * d_in), 4 * d_out * d_in, path, _WHAT)
-                check_finite(path, _WHAT, "layer %d weight" % i, W)
             bias = read_exact(f, zeros("f", d_out), 4 * d_out, path, _WHAT)
             check_finite(path, _WHAT, "layer %d bias" % i, bias)
             self.layers.append(Layer(d_in, d_out, W, scale, bias, i < L - 1))
@@ -85,16 +101,17 @@ class Model:
     def dense(self, i, xin, xout):
         """xout = W_i xin + b_i (float, no activation)."""
         lay = self.layers[i]
-        W, sc, b, d_in = lay.W, lay.scale, lay.bias, lay.d_in
-        row = 0
-        for j in range(lay.d_out):
-            acc = 0.0
-            for k in range(d_in):
-                acc += W[row + k] * xin[k]
-            if sc is not None:
-                acc *= sc[j]
-            xout[j] = acc + b[j]
-            row += d_in
+        sc, b, d_in = lay.scale, lay.bias, lay.d_in
+        for W, j0, nr in lay.W:
+            row = 0
+            for j in range(j0, j0 + nr):
+                acc = 0.0
+                for k in range(d_in):
+                    acc += W[row + k] * xin[k]
+                if sc is not None:
+                    acc *= sc[j]
+                xout[j] = acc + b[j]
+                row += d_in
 
     def forward(self, x, adapters=True):
         """Logits (array self.xs[-1]) of x; the layer inputs stay in self.xs[0..L-1]."""
@@ -115,11 +132,11 @@ class Model:
                 if layer != i or kind == KIND_SKIP:
                     continue
                 if kind == KIND_DELTA:
-                    _matvec(A, xs[i], ar, ac, tmp)
+                    _matvec(A, xs[i], tmp)
                     for j in range(ar):
                         out[j] += tmp[j] + B[j]
                 else:
-                    _matvec(A, xs[i], ar, ac, tmp)
+                    _matvec(A, xs[i], tmp)
                     for j in range(br):
                         acc = 0.0
                         for q in range(ar):
@@ -133,7 +150,7 @@ class Model:
         for (layer, kind, A, ar, ac, B, br, bc) in ads:
             if kind != KIND_SKIP:
                 continue
-            _matvec(A, xs[layer], ar, ac, tmp)
+            _matvec(A, xs[layer], tmp)
             for c in range(br):
                 acc = 0.0
                 for q in range(ar):
@@ -170,14 +187,14 @@ class Model:
         self.adapters = []
 
 
-def _matvec(A, x, rows, cols, out):
-    base = 0
-    for r in range(rows):
+def _matvec(A, x, out):
+    """out[r] = A[r] . x for A given as a list of row arrays."""
+    for r in range(len(A)):
+        row = A[r]
         acc = 0.0
-        for k in range(cols):
-            acc += A[base + k] * x[k]
+        for k in range(len(row)):
+            acc += row[k] * x[k]
         out[r] = acc
-        base += cols
 
 
 def argmax(v):

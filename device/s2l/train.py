@@ -16,7 +16,7 @@ from .formats import (F32, I8, I32, KIND_SKIP, KIND_PARALLEL, KIND_DELTA, METHOD
                       write_adapters, zeros)
 from .model import Model, argmax
 from .dataset import Dataset
-from .rng import XorShift32, adapter_init
+from .rng import XorShift32
 from .cache import Cache
 from . import kernels
 
@@ -170,14 +170,20 @@ class Trainer:
                 a.kind = KIND_SKIP if self.method in SKIP_METHODS else KIND_PARALLEL
                 a.ar, a.ac = r, d_in
                 a.br, a.bc = (C if a.kind == KIND_SKIP else d_out), r
-            a.A, a.B = zeros("f", a.ar * a.ac), zeros("f", a.br * a.bc)
-            a.gA, a.gB = zeros("f", a.ar * a.ac), zeros("f", a.br * a.bc)
-            a.vA = zeros("f", a.ar * a.ac) if mom else None
+            # A (and its gradient / velocity) as one array per row: no allocation above 2 KB
+            # for d <= 512, which a fragmented heap can always satisfy
+            a.A = [zeros("f", a.ac) for _ in range(a.ar)]
+            a.gA = [zeros("f", a.ac) for _ in range(a.ar)]
+            a.vA = [zeros("f", a.ac) for _ in range(a.ar)] if mom else None
+            a.B, a.gB = zeros("f", a.br * a.bc), zeros("f", a.br * a.bc)
             a.vB = zeros("f", a.br * a.bc) if mom else None
             a.u = zeros("f", r)
             a.v = zeros("f", max(r, a.br))
-            if a.kind != KIND_DELTA:
-                adapter_init(self.rng, a.A, r, d_in)
+            if a.kind != KIND_DELTA:  # same draws, same order as rng.adapter_init (row-major)
+                bound = 1.0 / (d_in ** 0.5)
+                for row in a.A:
+                    for k in range(d_in):
+                        row[k] = self.rng.uniform(bound)
             self.ads.append(a)
         if self.method == "skip2lora":
             segs = [(d, F32) for d in dims[1:self.L]] + [(self.C, F32)]
@@ -218,7 +224,7 @@ class Trainer:
             for c in range(C):
                 y[c] = z[c]
             for a in self.ads:
-                _matvec(a.A, xs[a.layer], a.ar, a.ac, a.u)
+                _matvec(a.A, xs[a.layer], a.u)
                 for c in range(C):
                     acc = 0.0
                     for q in range(a.ar):
@@ -230,7 +236,7 @@ class Trainer:
                 a = self.ads[i]
                 out = xs[i + 1] if i < self.L - 1 else y
                 m.dense(i, xs[i], out)
-                _matvec(a.A, xs[i], a.ar, a.ac, a.u)
+                _matvec(a.A, xs[i], a.u)
                 for j in range(a.br):
                     acc = 0.0
                     for q in range(a.bc):
@@ -244,7 +250,7 @@ class Trainer:
             self._frozen_float()
             a = self.ads[0]
             xl = xs[self.L - 1]
-            _matvec(a.A, xl, a.ar, a.ac, self.tmp)
+            _matvec(a.A, xl, self.tmp)
             z = xs[-1]
             for c in range(C):
                 y[c] = z[c] + self.tmp[c] + a.B[c]
@@ -260,9 +266,9 @@ class Trainer:
             xl = xs[self.L - 1]
             for c in range(C):
                 gc = g[c]
-                base = c * a.ac
+                gA = a.gA[c]
                 for k2 in range(a.ac):
-                    a.gA[base + k2] += gc * xl[k2]
+                    gA[k2] += gc * xl[k2]
                 a.gB[c] += gc
         return loss, correct
 
@@ -291,30 +297,28 @@ class Trainer:
             x = xs[i]
             for q in range(r):
                 vq = s * v[q]
-                base = q * d_in
+                gA = a.gA[q]
                 for k in range(d_in):
-                    a.gA[base + k] += vq * x[k]
+                    gA[k] += vq * x[k]
             if i == 0:
                 break
             # dx = W^T delta + s A^T v, then ReLU of layer i-1 (its output is x_i)
             lay = m.layers[i]
-            W, sc = lay.W, lay.scale
-            tmp = self.tmp
-            for j in range(d_out):
-                tmp[j] = delta[j] * sc[j] if sc is not None else delta[j]
+            sc = lay.scale
             for k in range(d_in):
                 nxt[k] = 0.0
-            row = 0
-            for j in range(d_out):
-                tj = tmp[j]
-                for k in range(d_in):
-                    nxt[k] += W[row + k] * tj
-                row += d_in
+            for W, j0, nr in lay.W:
+                row = 0
+                for j in range(j0, j0 + nr):
+                    tj = delta[j] * sc[j] if sc is not None else delta[j]
+                    for k in range(d_in):
+                        nxt[k] += W[row + k] * tj
+                    row += d_in
             for q in range(r):
                 vq = s * v[q]
-                base = q * d_in
+                Aq = a.A[q]
                 for k in range(d_in):
-                    nxt[k] += a.A[base + k] * vq
+                    nxt[k] += Aq[k] * vq
             for k in range(d_in):
                 if not x[k] > 0.0:
                     nxt[k] = 0.0
@@ -323,16 +327,9 @@ class Trainer:
     def _apply_float(self):
         lr, mom = self.lr, self.momentum
         for a in self.ads:
-            for P, G, V in ((a.A, a.gA, a.vA), (a.B, a.gB, a.vB)):
-                if V is None:
-                    for i in range(len(P)):
-                        P[i] -= lr * G[i]
-                        G[i] = 0.0
-                else:
-                    for i in range(len(P)):
-                        V[i] = mom * V[i] + G[i]
-                        P[i] -= lr * V[i]
-                        G[i] = 0.0
+            for q in range(a.ar):
+                _sgd(a.A[q], a.gA[q], a.vA[q] if a.vA else None, lr, mom)
+            _sgd(a.B, a.gB, a.vB, lr, mom)
 
     # ================================================================== fixed path
 
@@ -358,11 +355,17 @@ class Trainer:
             a = _Adapter()
             a.layer, a.kind, a.d = i, KIND_SKIP, dims[i]
             a.ar, a.ac, a.br, a.bc = r, dims[i], C, r
-            a.A32, a.A16 = zeros("i", r * a.d), zeros("h", r * a.d)
+            # one array per rank row: no allocation above 2 KB for d <= 512 (fragmented heap)
+            a.A32 = [zeros("i", a.d) for _ in range(r)]
+            a.A16 = [zeros("h", a.d) for _ in range(r)]
             a.B32, a.B16 = zeros("i", C * r), zeros("h", C * r)
             a.U, a.E = zeros("h", r), zeros("i", r)
-            a.A0 = zeros("f", r * a.d)  # freed once the int32 masters are set
-            adapter_init(self.rng, a.A0, r, a.d)  # real-valued init, scaled once scales known
+            # real-valued init, kept until the activation scales are known, then freed
+            a.A0 = [zeros("f", a.d) for _ in range(r)]
+            bound = 1.0 / (a.d ** 0.5)
+            for row in a.A0:
+                for k in range(a.d):
+                    row[k] = self.rng.uniform(bound)
             n_chunks = (a.d + 511) // 512
             a.ps = 0
             while (1 << a.ps) < n_chunks:
@@ -403,10 +406,12 @@ class Trainer:
             a.m, a.Eexp = f, -e   # x = q * m * 2**-E
             a.shu = 4 + a.Eexp - a.ps
             if a.A0 is not None:
-                for i in range(len(a.A0)):
-                    v = _sat(int(math.floor(a.A0[i] * f * 1073741824.0 + 0.5)))
-                    a.A32[i] = v
-                    a.A16[i] = (v + 32768) >> 16
+                for q in range(a.ar):
+                    A0, A32, A16 = a.A0[q], a.A32[q], a.A16[q]
+                    for i in range(a.d):
+                        v = _sat(int(math.floor(A0[i] * f * 1073741824.0 + 0.5)))
+                        A32[i] = v
+                        A16[i] = (v + 32768) >> 16
                 a.A0 = None
 
     def _batch_consts(self, nb):
@@ -443,8 +448,9 @@ class Trainer:
         for i in range(last + 1):
             lay = m.layers[i]
             out = self.z32 if i == L - 1 else self.v32
-            K.dense_q16(lay.W, self.xq[i], lay.d_in, lay.d_out, self.dM[i], self.dN[i],
-                        self.dB[i], out, sx)
+            for W, j0, nr in lay.W:
+                K.dense_q16(W, self.xq[i], lay.d_in, j0, nr, self.dM[i], self.dN[i],
+                            self.dB[i], out, sx)
             if i < L - 1:
                 M, n = self.rq[i]
                 best = K.requant8(out, lay.d_out, M, n, 1, self.xq[i + 1], sx)
@@ -493,8 +499,10 @@ class Trainer:
         for c in range(C):
             y32[c] = 0
         for a in self.ads:
-            K.adapter_u(a.A16, xq[a.layer], a.ar, a.d, a.ps, a.shu, a.U)
-            K.logits_bu(a.B16, a.U, C, a.ar, y32, sx)
+            x, U, d, ps, shu = xq[a.layer], a.U, a.d, a.ps, a.shu
+            for q in range(a.ar):
+                U[q] = K.adapter_u(a.A16[q], x, d, ps, shu)
+            K.logits_bu(a.B16, U, C, a.ar, y32, sx)
         # softmax of C values in float, g as Q1.14
         z, p, s = self.z32, self.p, self.s
         best = 0
@@ -522,7 +530,9 @@ class Trainer:
         for a in self.ads:
             K.bg(a.B16, g16, C, a.ar, a.Mp, T_BG, a.E)
             K.upd_b(a.B32, a.B16, ge16, a.U, C, a.ar, shb, refresh, sx)
-            K.upd_a(a.A32, a.A16, xq[a.layer], a.E, a.ar, a.d, a.sha, refresh, sx)
+            x, E, d, sha = xq[a.layer], a.E, a.d, a.sha
+            for q in range(a.ar):
+                K.upd_a(a.A32[q], a.A16[q], x, E[q], d, sha, refresh, sx)
         return loss, best == lab
 
     # ================================================================== driver
@@ -615,18 +625,20 @@ class Trainer:
     # ================================================================== results
 
     def adapters(self):
-        """[(layer, kind, A array('f'), a_rows, a_cols, B array('f'), b_rows, b_cols)] in real
-        units (allocates: call outside the training loop)."""
+        """[(layer, kind, A rows [array('f')], a_rows, a_cols, B array('f'), b_rows, b_cols)]
+        in real units (allocates for the fixed path: call outside the training loop)."""
         out = []
         for a in self.ads:
             if self.fixed:
                 if not self._prepared:
                     self._prepare()
-                A = zeros("f", len(a.A32))
+                A = [zeros("f", a.d) for _ in range(a.ar)]
                 B = zeros("f", len(a.B32))
                 ka = 1.0 / (1073741824.0 * a.m)
-                for i in range(len(A)):
-                    A[i] = a.A32[i] * ka
+                for q in range(a.ar):
+                    row, dst = a.A32[q], A[q]
+                    for i in range(a.d):
+                        dst[i] = row[i] * ka
                 for i in range(len(B)):
                     B[i] = a.B32[i] * (1.0 / 536870912.0)
             else:
@@ -663,14 +675,26 @@ class Trainer:
             self.cache.close()
 
 
-def _matvec(A, x, rows, cols, out):
-    base = 0
-    for r in range(rows):
+def _matvec(A, x, out):
+    """out[r] = A[r] . x for A given as a list of row arrays."""
+    for r in range(len(A)):
+        row = A[r]
         acc = 0.0
-        for k in range(cols):
-            acc += A[base + k] * x[k]
+        for k in range(len(row)):
+            acc += row[k] * x[k]
         out[r] = acc
-        base += cols
+
+
+def _sgd(P, G, V, lr, mom):
+    if V is None:
+        for i in range(len(P)):
+            P[i] -= lr * G[i]
+            G[i] = 0.0
+    else:
+        for i in range(len(P)):
+            V[i] = mom * V[i] + G[i]
+            P[i] -= lr * V[i]
+            G[i] = 0.0
 
 
 def _softmax_grad(y, lab, g, inv_nb):
@@ -709,6 +733,6 @@ def _skip_grads(a, g, x, C, s):
         v[q] = s * acc
     for q in range(r):
         vq = v[q]
-        base = q * d
+        gA = a.gA[q]
         for k in range(d):
-            a.gA[base + k] += vq * x[k]
+            gA[k] += vq * x[k]

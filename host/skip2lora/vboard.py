@@ -60,6 +60,7 @@ FRIENDLY_BANNER = b'Type "help()" for more information.'
 MARK_MOUNTED = b"\x00vboard:mounted\x00"
 MARK_READY = b"\x00vboard:ready\x00"
 CTRL_A, CTRL_C = b"\x01", b"\x03"
+MOUNT_REQUEST = b"\x18"  # how the board side of `mpremote mount` starts each request
 SIGINT_GAP = 0.5  # two SIGINTs before the first is handled kill the unix port: see interrupt()
 MAX_TO_HOST = 64 * KiB  # stop reading the interpreter when the host is this far behind
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -400,6 +401,7 @@ class Supervisor:
         self.die_with_us = _pdeathsig_setter(signal.SIGKILL)
         self.boot_output = b""  # what the interpreter said before mounting, for the log
         self.last_cr = False
+        self.binary = False  # `mpremote mount` is in use: stop cooking the friendly REPL
 
     def log(self, message):
         self.log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
@@ -424,6 +426,7 @@ class Supervisor:
         os.set_blocking(master, False)
         self.child_fd = master
         self.phase = "mount"
+        self.binary = False
         self.boot_output = b""
         self.pending = b""
         self.tail = b""
@@ -476,24 +479,31 @@ class Supervisor:
             return
         if self.trace:
             self.log(f"board> {bytes(data)!r}")
+        cook = not (self.raw or self.binary)
+        if MOUNT_REQUEST in data:
+            self.binary = True
+            cook = False
         both = self.tail + data
         raw_at, friendly_at = both.rfind(RAW_BANNER), both.rfind(FRIENDLY_BANNER)
         if raw_at >= 0 or friendly_at >= 0:
             self.raw = raw_at > friendly_at
         self.tail = both[-64:]
         if not self.port_hup:
-            self.to_host += self.cook(data)
+            self.to_host += self.cook(data) if cook else data
+        self.last_cr = data[-1:] == b"\r"
 
     def cook(self, data):
-        """LF -> CR LF, as a board's stdout does (the unix port writes bare LFs).
+        """LF -> CR LF in the friendly REPL, where a person reads the output.
 
-        Without it a terminal in raw mode (mpremote repl) shows a staircase. The protocol bytes
-        of the raw REPL hold no LF (raw-paste's window size is 128: b"\x80\x00").
+        A board's print() writes CR LF, the unix port a bare LF, which a terminal in raw mode
+        (mpremote repl) shows as a staircase. Only the friendly REPL is cooked: what the raw
+        REPL sends (mpremote exec, fs, mount) passes untouched, for sys.stdout.buffer writes
+        binary on a board too; and once `mpremote mount` speaks (a CAN byte) nothing is cooked
+        until the next reboot.
         """
         out = _BARE_LF.sub(b"\r\n", data)
         if self.last_cr and data[:1] == b"\n":
             out = out[1:]  # its CR went out with the previous chunk
-        self.last_cr = data[-1:] == b"\r"
         return out
 
     def flush_pending(self):
