@@ -134,7 +134,7 @@ frozen forward included; bias adds, softmax and the update not counted).
 
 ## Accuracy and cost per method
 
-{chr(10).join(sections)}
+{(chr(10) * 2).join(sections)}
 
 ## Cost ratio against LoRA-All as the epochs grow
 

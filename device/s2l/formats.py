@@ -173,31 +173,36 @@ def seal_header(body):
 
 # ------------------------------------------------------------------ adapters
 
-def write_adapters(path, model_crc, rank, n_classes, alpha, epochs_done, method, adapters):
-    """adapters: list of (layer, kind, A rows [array('f') per row], a_rows, a_cols,
-    B array('f'), b_rows, b_cols). Written to path + '.tmp', flushed, then renamed over
-    path, so a power cut leaves the previous complete file."""
+def write_adapters(path, model_crc, rank, n_classes, alpha, epochs_done, method, entries,
+                   payload):
+    """entries: [(layer, kind, a_rows, a_cols, b_rows, b_cols)]; payload: an iterable of
+    buffers (f32) giving, in order, every adapter's A (row-major) then B. Written to
+    path + '.tmp', flushed, then renamed over path, so a power cut leaves the previous
+    complete file. Returns the file CRC."""
     body = bytearray(struct.pack("<4sHHIBBHfIB3x", ADAPTER_MAGIC, VERSION, 0, model_crc,
-                                 len(adapters), rank, n_classes, alpha, epochs_done,
+                                 len(entries), rank, n_classes, alpha, epochs_done,
                                  METHODS.index(method)))
-    for layer, kind, A, ar, ac, B, br, bc in adapters:
+    want = 0
+    for layer, kind, ar, ac, br, bc in entries:
         body += struct.pack("<BBHHHHH", layer, kind, ar, ac, br, bc, 0)
+        want += 4 * (ar * ac + br * bc)
     head = seal_header(body)
     tmp = path + ".tmp"
     f = open_write(tmp)
     try:
         f.write(head)
         crc = crc32(head)
-        for layer, kind, A, ar, ac, B, br, bc in adapters:
-            for arr in A:
-                f.write(arr)
-                crc = crc32(arr, crc)
-            f.write(B)
-            crc = crc32(B, crc)
+        got = 0
+        for buf in payload:
+            got += f.write(buf)
+            crc = crc32(buf, crc)
         f.write(struct.pack("<I", crc))
         f.flush()
     finally:
         f.close()
+    if got != want:
+        remove(tmp)
+        raise S2LError("internal: adapter payload %d bytes, expected %d" % (got, want), path)
     sync()
     replace(tmp, path)
     return crc

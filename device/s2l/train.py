@@ -345,6 +345,7 @@ class Trainer:
         self.g16 = zeros("h", C)
         self.ge16 = zeros("h", C)
         self.p = zeros("f", C)
+        self._chunk = zeros("f", 64)  # save(): real-valued adapters written 64 at a time
         self.dM = [zeros("i", dims[i + 1]) for i in range(L)]   # per-channel multipliers
         self.dN = [bytearray(dims[i + 1]) for i in range(L)]    # per-channel shifts
         self.dB = [zeros("i", dims[i + 1]) for i in range(L)]   # biases, Q16
@@ -624,32 +625,80 @@ class Trainer:
 
     # ================================================================== results
 
+    def _payload(self):
+        """The adapters in real units, as f32 buffers in file order (A rows then B); the
+        fixed path converts through one preallocated 64-value buffer, so saving allocates
+        nothing large even on a fragmented heap."""
+        if not self.fixed:
+            for a in self.ads:
+                for row in a.A:
+                    yield row
+                yield a.B
+            return
+        if not self._prepared:
+            self._prepare()
+        buf = self._chunk
+        mv = memoryview(buf)
+        n = len(buf)
+        for a in self.ads:
+            ka = 1.0 / (1073741824.0 * a.m)
+            for q in range(a.ar):
+                row = a.A32[q]
+                k0 = 0
+                while k0 < a.d:
+                    k1 = min(k0 + n, a.d)
+                    for i in range(k0, k1):
+                        buf[i - k0] = row[i] * ka
+                    yield mv[:k1 - k0]
+                    k0 = k1
+            kb = 1.0 / 536870912.0
+            k0 = 0
+            while k0 < len(a.B32):
+                k1 = min(k0 + n, len(a.B32))
+                for i in range(k0, k1):
+                    buf[i - k0] = a.B32[i] * kb
+                yield mv[:k1 - k0]
+                k0 = k1
+
+    def _entries(self):
+        return [(a.layer, a.kind, a.ar, a.ac, a.br, a.bc) for a in self.ads]
+
     def adapters(self):
         """[(layer, kind, A rows [array('f')], a_rows, a_cols, B array('f'), b_rows, b_cols)]
-        in real units (allocates for the fixed path: call outside the training loop)."""
+        in real units (the fixed path allocates them: call outside the training loop)."""
+        if not self.fixed:
+            return [(a.layer, a.kind, a.A, a.ar, a.ac, a.B, a.br, a.bc) for a in self.ads]
+        bufs = []
+        for buf in self._payload():
+            bufs.append(zeros("f", len(buf)))
+            for i in range(len(buf)):
+                bufs[-1][i] = buf[i]
         out = []
         for a in self.ads:
-            if self.fixed:
-                if not self._prepared:
-                    self._prepare()
-                A = [zeros("f", a.d) for _ in range(a.ar)]
-                B = zeros("f", len(a.B32))
-                ka = 1.0 / (1073741824.0 * a.m)
-                for q in range(a.ar):
-                    row, dst = a.A32[q], A[q]
-                    for i in range(a.d):
-                        dst[i] = row[i] * ka
-                for i in range(len(B)):
-                    B[i] = a.B32[i] * (1.0 / 536870912.0)
-            else:
-                A, B = a.A, a.B
-            out.append((a.layer, a.kind, A, a.ar, a.ac, B, a.br, a.bc))
+            rows = []
+            for q in range(a.ar):
+                row = zeros("f", a.d)
+                k0 = 0
+                while k0 < a.d:
+                    part = bufs.pop(0)
+                    for i in range(len(part)):
+                        row[k0 + i] = part[i]
+                    k0 += len(part)
+                rows.append(row)
+            B = zeros("f", a.br * a.bc)
+            k0 = 0
+            while k0 < len(B):
+                part = bufs.pop(0)
+                for i in range(len(part)):
+                    B[k0 + i] = part[i]
+                k0 += len(part)
+            out.append((a.layer, a.kind, rows, a.ar, a.ac, B, a.br, a.bc))
         return out
 
     def save(self, path):
         """Write the adapters (f32) to path atomically (new file, then rename)."""
         return write_adapters(path, self.model.file_crc, self.rank, self.C, self.alpha,
-                              self.epochs_done, self.method, self.adapters())
+                              self.epochs_done, self.method, self._entries(), self._payload())
 
     def apply(self):
         """Hand the trained adapters to the model, so model.predict() uses them."""
