@@ -19,29 +19,35 @@ MAX_DIM, MAX_CLASSES, MAX_LAYERS, MAX_RANK = 4096, 255, 16, 64
 WHAT = {MODEL_MAGIC: "model", DATASET_MAGIC: "dataset", CACHE_MAGIC: "cache",
         ADAPTER_MAGIC: "adapter"}
 
+_TABLE = None
+
+
+def crc32_table(buf, crc=0):
+    """Table-driven CRC32 (IEEE, as zlib): the fallback where binascii.crc32 is missing."""
+    global _TABLE
+    if _TABLE is None:
+        from array import array
+        t = array("I", bytearray(1024))
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+            t[i] = c
+        _TABLE = t
+    t = _TABLE
+    crc ^= 0xFFFFFFFF
+    for b in memoryview(buf).cast("B") if hasattr(memoryview, "cast") else bytes(buf):
+        crc = t[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
 try:
     from binascii import crc32 as _crc32
 
     def crc32(buf, crc=0):
         return _crc32(buf, crc) & 0xFFFFFFFF
-except ImportError:  # CircuitPython without binascii.crc32: table-driven, same polynomial
-    _TABLE = None
-
-    def crc32(buf, crc=0):
-        global _TABLE
-        if _TABLE is None:
-            from array import array
-            _TABLE = array("I", [0] * 256)
-            for i in range(256):
-                c = i
-                for _ in range(8):
-                    c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
-                _TABLE[i] = c
-        t = _TABLE
-        crc ^= 0xFFFFFFFF
-        for b in bytes(buf) if not isinstance(buf, (bytes, bytearray)) else buf:
-            crc = t[(crc ^ b) & 0xFF] ^ (crc >> 8)
-        return crc ^ 0xFFFFFFFF
+except ImportError:  # CircuitPython builds without binascii.crc32
+    crc32 = crc32_table
 
 
 def pad4(n):

@@ -574,17 +574,18 @@ class Trainer:
             t0 = ticks_ms()
             if not self._prepared:
                 self._prepare()
-            self.epoch()
+            rec = self.epoch()
             ms = ticks_diff(ticks_ms(), t0)
-            rec = self.history[-1]
             rec["ms"] = ms
+            self.history.append(rec)
             if self.log is not None:
                 self.log("S2L epoch=%d loss=%.6f acc=%.4f ms=%d cache_reads=%d"
                          % (rec["epoch"], rec["loss"], rec["acc"], ms, rec["cache_reads"]))
         return self.history
 
     def epoch(self):
-        """One pass over the dataset in this epoch's shuffled order (no progress line)."""
+        """One pass over the dataset in this epoch's shuffled order; returns its record
+        (epoch, loss, acc, cache_reads, recomputed) without printing or keeping it."""
         if not self._prepared:
             self._prepare()
         n, order, bs = self.n, self.order, self.batch_size
@@ -620,7 +621,6 @@ class Trainer:
         rec = {"epoch": self.epochs_done, "loss": loss_sum / n, "acc": correct / n,
                "cache_reads": (cache.reads - r0) if cache is not None else 0,
                "recomputed": (cache.bad - b0) if cache is not None else 0}
-        self.history.append(rec)
         return rec
 
     # ================================================================== results

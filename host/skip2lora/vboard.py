@@ -391,7 +391,6 @@ class Supervisor:
         self.port_hup = True
         self.port_recheck = 0.0
         self.sigint_sent = None  # when the last SIGINT went, until the interpreter speaks
-        self.last_spawn = 0.0
         self.ready = False
         self.mounted_at = None
         self.restart_at = None
@@ -431,7 +430,6 @@ class Supervisor:
         self.pending = b""
         self.tail = b""
         self.restart_raw = raw
-        self.last_spawn = time.monotonic()
         (self.run_dir / CHILD_PID_FILE).write_text(str(self.child.pid))
         self.log(f"interpreter {self.child.pid} started ({'raw REPL' if raw else 'friendly REPL'}"
                  f"{', main.py' if run_main else ''})")
@@ -462,8 +460,8 @@ class Supervisor:
         else:
             self.restart_raw = self.raw
             self.emit(SOFT_REBOOT)
-        # A boot.py that exits at once would spin: leave a board-like pause between reboots.
-        self.restart_at = max(time.monotonic(), self.last_spawn + 0.1)
+        # A boot.py or main.py that exits at once would spin: pause between such reboots.
+        self.restart_at = time.monotonic() + (0.1 if phase == "boot" else 0.0)
 
     def restart(self):
         self.restart_at = None
