@@ -1,6 +1,7 @@
 """The virtual board, driven by the real mpremote as a board on /dev/ttyACM0 (docs/virtual-board.md)."""
 import argparse
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -179,8 +180,11 @@ def test_sigint_to_mpremote_then_the_next_mpremote_interrupts_the_loop(vb):
     loop = subprocess.Popen([sys.executable, "-m", "mpremote", "connect", vb.port, "exec",
                              "print('looping')\nwhile True:\n    pass"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert loop.stdout.readline().strip() == b"looping"
-    loop.send_signal(signal.SIGINT)
+    try:
+        ready, _, _ = select.select([loop.stdout], [], [], 20)
+        assert ready and loop.stdout.readline().strip() == b"looping"
+    finally:
+        loop.send_signal(signal.SIGINT)
     loop.wait(timeout=10)
     # The loop still runs on the board, as on a real one; mpremote's Ctrl-C stops it.
     assert mpremote(vb.port, "exec", "print('alive')").strip() == "alive"

@@ -540,6 +540,7 @@ class Trainer:
 
     def _prepare(self):
         """First use: activation scales (fixed), and the Skip-Cache built or reused."""
+        self.cache_built = False
         if self.fixed:
             scales = self.cache.open() if self.cache is not None else None
             if scales is not None:
@@ -559,12 +560,14 @@ class Trainer:
                     self._load_x1_fixed(k)
                     self._frozen_fixed()
                 self.cache.build(segscales, fill)
+                self.cache_built = True
         elif self.cache is not None:
             if self.cache.open() is None:
                 def fill(k):
                     self._load_x1_float(k)
                     self._frozen_float()
                 self.cache.build([1.0] * len(self.cache.segs), fill)
+                self.cache_built = True
         self._prepared = True
 
     def fit(self, epochs=1, eval_data=None):

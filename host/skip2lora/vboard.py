@@ -373,8 +373,8 @@ class Supervisor:
     """Owns the port pty and the interpreter; relays bytes and emulates resets and Ctrl-C."""
 
     def __init__(self, run_dir, image, heap, micropython, trace=False):
-        self.run_dir = Path(run_dir)
-        self.image = Path(image)
+        self.run_dir = Path(run_dir).resolve()
+        self.image = Path(image).resolve()
         self.heap = heap
         self.flash = self.image.stat().st_size
         self.micropython = micropython
@@ -412,7 +412,7 @@ class Supervisor:
         tty.setraw(slave)  # a cooked pty would turn the interpreter's \r\n into \r\r\n
         # -i before -c: what follows -c's argument goes to sys.argv, not to the interpreter.
         argv = [self.micropython, "-X", f"heapsize={self.heap}", "-i",
-                "-c", boot_script(self.image.resolve(), self.flash // BLOCK_SIZE, run_main)]
+                "-c", boot_script(self.image, self.flash // BLOCK_SIZE, run_main)]
         home = self.run_dir / "home"  # the REPL history file lands here, not in the user's ~
         home.mkdir(exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MICROPY")}
@@ -565,7 +565,7 @@ class Supervisor:
             return
         self.ready = True
         state = {"pid": os.getpid(), "port": str(self.run_dir / LINK_NAME), "pts": self.pts,
-                 "image": str(self.image.resolve()), "heap": self.heap, "flash": self.flash,
+                 "image": str(self.image), "heap": self.heap, "flash": self.flash,
                  "run_dir": str(self.run_dir), "started": time.time()}
         tmp = self.run_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state, indent=1))
@@ -797,7 +797,8 @@ class VirtualBoard:
     """
 
     def __init__(self, image=None, heap=DEFAULT_HEAP, flash=None, run_dir=None, detach=False):
-        self.run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="vboard-"))
+        self.run_dir = (Path(run_dir).expanduser().resolve() if run_dir
+                        else Path(tempfile.mkdtemp(prefix="vboard-")))
         self.image = Path(image).expanduser().resolve() if image else self.run_dir / IMAGE_NAME
         self.heap = parse_size(heap, "heap size")
         self.flash = parse_size(flash, "flash size") if flash is not None else None

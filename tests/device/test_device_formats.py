@@ -57,21 +57,22 @@ def decode(name):
         return a
     raise ValueError(ext)
 
-out = {}
 for name in NAMES:
     try:
-        out[name] = {"ok": decode(name)}
+        r = {"ok": decode(name)}
     except S2LError as e:
-        out[name] = {"error": str(e)}
+        r = {"error": str(e)}
     except Exception as e:
-        out[name] = {"crash": "%s: %s" % (type(e).__name__, e)}
-RESULT(results=out)
+        r = {"crash": "%s: %s" % (type(e).__name__, e)}
+    RESULT(name=name, result=r)
+    r = None
+    gc.collect()
 """
 
 
 def _decode_on_device(names, cwd):
     res, _ = run("NAMES = %r\n" % names + DECODE, cwd)
-    return res[0]["results"]
+    return {r["name"]: r["result"] for r in res}
 
 
 def _close(a, b, path=""):

@@ -55,7 +55,7 @@ def _home(path):
 
 
 def _start(args):
-    run_dir = vboard.default_run_dir()
+    run_dir = vboard.default_run_dir().resolve()
     image = Path(args.image).expanduser().resolve() if args.image else run_dir / vboard.IMAGE_NAME
     heap = vboard.parse_size(args.heap, "heap size")
     state = vboard.read_state(run_dir)

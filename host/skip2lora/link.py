@@ -1,0 +1,287 @@
+"""The one connection to a board: mpremote's serial transport, in the raw REPL.
+
+Every command that talks to a board (flash, finetune, pull, bench) goes through BoardLink, so
+port selection, "port in use", board-side errors and Ctrl-C are handled in one place. A real
+board on /dev/ttyACM0 and the virtual board are driven by the same code: only the port differs.
+"""
+import hashlib
+import re
+
+from skip2lora.errors import UserError
+
+# Where things live on the board's filesystem (docs/formats.md names the files).
+BOARD_LIB = "/lib/s2l"
+BOARD_DIR = "/s2l"
+BOARD_MODEL = BOARD_DIR + "/model.s2lm"
+BOARD_CONFIG = BOARD_DIR + "/config.json"
+BOARD_DATASET = BOARD_DIR + "/data.s2ld"
+BOARD_CACHE = BOARD_DIR + "/data.s2lc"
+BOARD_ADAPTERS = BOARD_DIR + "/adapters.s2la"
+
+# sys.implementation._mpy bits 10..15 -> mpy-cross -march (py/persistentcode.h MP_NATIVE_ARCH_*)
+MPY_ARCHES = {0: None, 1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em",
+              7: "armv7emsp", 8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc",
+              12: "rv64imc"}
+
+_INFO_SCRIPT = """
+import sys, gc, os
+gc.collect()
+try:
+    st = os.statvfs('/')
+    fs = (st[0] * st[2], st[0] * st[3])
+except Exception:
+    fs = (0, 0)
+print(repr((sys.implementation.name, sys.implementation.version[:3],
+            getattr(sys.implementation, '_mpy', 0), sys.platform,
+            gc.mem_free() + gc.mem_alloc(), gc.mem_free(), fs[0], fs[1])))
+"""
+
+_HASH_SCRIPT = """
+try:
+    import hashlib, binascii
+except ImportError:
+    hashlib = None
+try:
+    f = open(%r, 'rb')
+except OSError:
+    print('MISSING')
+else:
+    if hashlib is None:
+        print('NOHASH')
+    else:
+        h = hashlib.sha256()
+        while True:
+            b = f.read(512)
+            if not b:
+                break
+            h.update(b)
+        print(binascii.hexlify(h.digest()).decode())
+    f.close()
+"""
+
+
+class BoardError(UserError):
+    """The board raised: carries the exception's last line, not a screenful of traceback."""
+
+
+class BoardInterrupted(Exception):
+    """Ctrl-C reached the board and it stopped; output up to that point is in .output."""
+
+    def __init__(self, output=""):
+        super().__init__("interrupted")
+        self.output = output
+
+
+class BoardInfo:
+    def __init__(self, name, version, mpy, platform, heap_total, heap_free, fs_total, fs_free):
+        self.name, self.version, self.platform = name, version, platform
+        self.mpy_version = mpy & 0xFF
+        self.mpy_sub = (mpy >> 8) & 3
+        self.arch = MPY_ARCHES.get(mpy >> 10)
+        self.heap_total, self.heap_free = heap_total, heap_free
+        self.fs_total, self.fs_free = fs_total, fs_free
+
+    def describe(self):
+        v = ".".join(map(str, self.version))
+        return (f"{self.name} {v} on {self.platform}, .mpy {self.mpy_version}.{self.mpy_sub} "
+                f"arch {self.arch or 'none'}, heap {self.heap_total // 1024} KiB "
+                f"({self.heap_free // 1024} free), flash {self.fs_free // 1024}/"
+                f"{self.fs_total // 1024} KiB free")
+
+
+def resolve_port(port):
+    """The port given, else the running virtual board's; one clear error if neither exists."""
+    if port:
+        return port
+    from skip2lora.vboard import default_port
+
+    return default_port()
+
+
+def _port_busy(port):
+    """True when another process holds the port's exclusive lock (as pyserial takes it)."""
+    import errno
+    import fcntl
+    import os
+
+    try:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        return exc.errno == errno.EBUSY
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def last_error_line(stderr):
+    """'MemoryError: memory allocation failed' from a whole traceback."""
+    lines = [l.strip() for l in stderr.strip().splitlines() if l.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+class BoardLink:
+    """A raw-REPL session with one board; use as a context manager."""
+
+    def __init__(self, port=None, timeout=10.0):
+        self.port = resolve_port(port)
+        self.timeout = timeout
+        self.transport = None
+
+    def __enter__(self):
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+
+        try:
+            self.transport = SerialTransport(self.port, exclusive=True)
+        except Exception as exc:  # noqa: BLE001 - pyserial raises several types for this
+            busy = _port_busy(self.port)
+            raise UserError(
+                "the port is in use by another program (another skip2lora or mpremote?); wait for "
+                "it to finish or stop it" if busy else
+                f"cannot open the port ({exc}); check the cable and the PORT name "
+                f"(skip2lora board status shows the virtual board's)", self.port) from None
+        try:
+            self.transport.enter_raw_repl(soft_reset=False)
+        except TransportError as exc:
+            self.transport.close()
+            raise UserError(f"the board does not answer on the raw REPL ({exc}); press reset or "
+                            f"replug it, and check nothing else uses the port", self.port) from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.transport is not None:
+            try:
+                self.transport.exit_raw_repl()
+            except Exception:  # noqa: BLE001 - the link may already be gone
+                pass
+            self.transport.close()
+            self.transport = None
+
+    # ------------------------------------------------------------ running code
+
+    def run(self, code, on_output=None, timeout=None):
+        """Run code on the board; return what it printed. Board exceptions become BoardError.
+
+        timeout is the longest silence (seconds) before the board counts as lost; a
+        fine-tuning run that prints once per epoch passes a long one.
+        on_output(bytes) sees output as it arrives (for progress). Ctrl-C on the host sends
+        Ctrl-C to the board, waits until it has stopped, and raises BoardInterrupted.
+        """
+        from mpremote.transport import TransportError
+
+        t = self.transport
+        out = bytearray()
+
+        def consume(chunk):
+            if chunk != b"\x04":  # the end-of-output marker reaches the consumer too
+                out.extend(chunk)
+                if on_output:
+                    on_output(chunk)
+
+        try:
+            t.exec_raw_no_follow(code)
+            _, stderr = t.follow(self.timeout if timeout is None else timeout, consume)
+        except KeyboardInterrupt:
+            self._interrupt()
+            raise BoardInterrupted(out.decode(errors="replace")) from None
+        except TransportError as exc:
+            raise UserError(f"lost the board while it ran code ({exc}); it may have reset or "
+                            f"been unplugged", self.port) from None
+        if stderr:
+            text = stderr.decode(errors="replace")
+            if "KeyboardInterrupt" in text:
+                raise BoardInterrupted(out.decode(errors="replace"))
+            raise BoardError(f"the board raised {last_error_line(text)}", self.port)
+        return out.decode(errors="replace")
+
+    def _interrupt(self):
+        """Ctrl-C to the board, then wait for the raw REPL's end-of-output markers."""
+        t = self.transport
+        t.serial.write(b"\x03")
+        try:
+            t.follow(10)
+        except Exception:  # noqa: BLE001 - a second Ctrl-C or a dead link: keep going
+            t.serial.write(b"\x03")
+        try:
+            t.enter_raw_repl(soft_reset=False)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def eval(self, expression):
+        import ast
+
+        return ast.literal_eval(self.run(f"print(repr({expression}))").strip())
+
+    def info(self):
+        import ast
+
+        return BoardInfo(*ast.literal_eval(self.run(_INFO_SCRIPT).strip().splitlines()[-1]))
+
+    # ------------------------------------------------------------ files
+
+    def read_file(self, path):
+        try:
+            return bytes(self.transport.fs_readfile(path, chunk_size=2048))
+        except Exception as exc:  # noqa: BLE001 - mpremote raises OSError or TransportError
+            if "ENOENT" in str(exc) or "No such" in str(exc) or "2" == str(getattr(exc, "errno", "")):
+                raise UserError(f"no file {path} on the board; run `skip2lora finetune` first "
+                                f"(or flash the model)", self.port) from None
+            raise UserError(f"cannot read {path} from the board ({exc})", self.port) from None
+
+    def write_file(self, path, data):
+        """Write via path.tmp and rename, so a cut link or power never leaves a half file."""
+        self.makedirs(path.rsplit("/", 1)[0])
+        tmp = path + ".tmp"
+        try:
+            self.transport.fs_writefile(tmp, data, chunk_size=2048)
+        except Exception as exc:  # noqa: BLE001
+            if "28" in str(exc) or "ENOSPC" in str(exc):
+                self.run(f"import os\ntry:\n os.remove({tmp!r})\nexcept OSError:\n pass")
+                raise UserError(f"the board's flash is full writing {path} ({len(data)} bytes); "
+                                f"remove files or use a smaller dataset", self.port) from None
+            raise UserError(f"cannot write {path} to the board ({exc})", self.port) from None
+        self.run(f"import os\nos.rename({tmp!r}, {path!r})")
+
+    def file_sha256(self, path):
+        """sha256 hex of a board file, or None if it does not exist."""
+        text = self.run(_HASH_SCRIPT % path).strip().splitlines()[-1]
+        if text == "NOHASH":  # CircuitPython without Wi-Fi has no hashlib: read the file back
+            return sha256(self.read_file(path))
+        return None if text == "MISSING" else text
+
+    def makedirs(self, path):
+        self.run("import os\nd = ''\nfor p in %r.split('/'):\n if p:\n  d += '/' + p\n"
+                 "  try:\n   os.mkdir(d)\n  except OSError:\n   pass\n" % path)
+
+    def listdir(self, path):
+        return self.eval(f"__import__('os').listdir({path!r})")
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+PROGRESS_LINE = re.compile(rb"^S2L((?: \w+=\S+)+)\s*$")
+
+
+def parse_progress(line):
+    """{'epoch': 3, 'loss': 0.12, ...} from one `S2L key=value ...` line, else None."""
+    m = PROGRESS_LINE.match(line.strip())
+    if not m:
+        return None
+    record = {}
+    for pair in m.group(1).split():
+        key, value = pair.decode().split("=", 1)
+        try:
+            record[key] = int(value)
+        except ValueError:
+            try:
+                record[key] = float(value)
+            except ValueError:
+                record[key] = value
+    return record
