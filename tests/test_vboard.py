@@ -153,9 +153,9 @@ def test_ctrl_c_through_the_port_interrupts_a_running_loop(vb):
     with serial.Serial(vb.port, 115200, timeout=0.1, exclusive=True) as port:
         port.write(b"\r\x03\x03\r\x01")
         read_until(port, b"raw REPL; CTRL-B to exit\r\n>")
-        port.write(b"n = 0\nwhile True:\n    n += 1\n\x04")
-        read_until(port, b"OK")
-        time.sleep(0.3)
+        port.write(b"n = 0\nprint('go')\nwhile True:\n    n += 1\n\x04")
+        read_until(port, b"OKgo\n")
+        time.sleep(0.2)
         port.write(b"\x03")
         out = read_until(port, b"\x04>")
         assert b"KeyboardInterrupt" in out
@@ -166,9 +166,9 @@ def test_ctrl_c_through_the_port_interrupts_a_running_loop(vb):
         read_until(port, b"\x04>")
         port.write(b"\x02")  # friendly REPL: the board's CR LF line ends, Ctrl-C stops a sleep
         read_until(port, b">>> ")
-        port.write(b"import time\rtime.sleep(30)\r")
-        read_until(port, b"time.sleep(30)\r\n")
-        time.sleep(0.3)
+        port.write(b"import time\rprint('go'); time.sleep(30)\r")
+        read_until(port, b"go\r\n")
+        time.sleep(0.2)
         port.write(b"\x03")
         out = read_until(port, b">>> ")
         assert b"KeyboardInterrupt: \r\n" in out

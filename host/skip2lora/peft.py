@@ -10,7 +10,6 @@ adapter (skip or parallel) plus at most one dense delta. Every skip2lora method 
 that; a hand-made file with more is refused with a message.
 """
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,9 @@ import numpy as np
 from skip2lora import __version__
 from skip2lora.errors import UserError
 from skip2lora.formats import (
-    KIND_DELTA, KIND_PARALLEL, KIND_SKIP, MAX_CLASSES, MAX_RANK, METHOD_CODES, Adapter, AdapterFile, encode_adapters,
-    crc32)
+    KIND_DELTA, KIND_PARALLEL, KIND_SKIP, MAX_CLASSES, MAX_RANK, METHOD_CODES, Adapter, AdapterFile, crc32,
+    encode_adapters)
+from skip2lora.formats import _write_atomic as write_atomic  # temp file, fsync, os.replace
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -127,19 +127,6 @@ def peft_tensors(af):
     return tensors
 
 
-def _replace_atomic(path, write):
-    """write(tmp) then rename over path, so a crash leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_peft_dir(af, directory, base_model=None):
     """Write af as adapter_config.json + adapter_model.safetensors in directory (created).
 
@@ -158,9 +145,9 @@ def write_peft_dir(af, directory, base_model=None):
         weights, config = directory / WEIGHTS_NAME, directory / CONFIG_NAME
         metadata = {"format": "pt", "skip2lora_method": af.method,
                     "skip2lora_model_crc": f"0x{af.model_crc:08x}"}
-        _replace_atomic(weights, lambda tmp: st.save_file(peft_tensors(af), str(tmp), metadata))
+        write_atomic(weights, st.save(peft_tensors(af), metadata))
         text = json.dumps(peft_config(af, base_model), indent=2) + "\n"
-        _replace_atomic(config, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_atomic(config, text.encode("utf-8"))
     except OSError as exc:
         raise UserError(f"cannot write the PEFT files: {exc.strerror or exc}", directory) from None
     return config, weights

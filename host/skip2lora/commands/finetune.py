@@ -1,0 +1,161 @@
+"""`skip2lora finetune`: pack and upload a dataset, train on the board, show its progress.
+
+Training runs on the board (s2l.job.finetune); the host only sends data, starts the job through
+the raw REPL and turns the board's one-line-per-epoch reports into a progress bar. The board
+saves the adapters after every finished epoch, so Ctrl-C (or a cut link) loses at most the
+epoch in progress, and --resume continues from the last one saved.
+"""
+from pathlib import Path
+
+from skip2lora.commands.flash import add_port_argument
+from skip2lora.errors import UserError
+from skip2lora.formats import (DTYPE_F32, DTYPE_I8, dataset_from_arrays, encode_dataset,
+                               read_dataset, read_model)
+from skip2lora.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_MODEL,
+                            BoardInterrupted, BoardLink, parse_progress, sha256)
+
+METHODS = ("skip2lora", "skip-lora", "lora-all", "ft-last")
+EPOCH_SILENCE_S = 3600  # longest an epoch may run without a line before the board counts as lost
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "finetune", help="fine-tune the flashed model on the board",
+        description="Upload a labelled dataset (.npz with arrays x, y; .csv with the label in "
+                    "the last column; or .s2ld), then fine-tune the model on the board with "
+                    "progress shown per epoch. Ctrl-C stops the board cleanly and keeps the "
+                    "adapters of the last finished epoch. Give ':PATH' for a dataset already "
+                    "on the board.")
+    parser.add_argument("--data", required=True, help="DATA.npz, DATA.csv, DATA.s2ld or :BOARD_PATH")
+    add_port_argument(parser)
+    parser.add_argument("--model", default=None,
+                        help="the .s2lm that was flashed, to check the data against it before "
+                             "uploading (default: read it back from the board)")
+    parser.add_argument("--method", choices=METHODS, default="skip2lora")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--rank", type=int, default=None, help="adapter rank (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset-dtype", choices=("int8", "f32"), default="int8",
+                        help="how samples are packed on the board (int8: 4x less flash)")
+    parser.add_argument("--backend", choices=("auto", "viper", "python", "float"), default="auto",
+                        help="board arithmetic: fixed-point viper (fast), pure Python, or float")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the adapters saved on the board")
+    parser.set_defaults(run=run)
+
+
+def load_dataset_bytes(path, n_classes, dtype):
+    """The .s2ld bytes for a local dataset file (packing .npz/.csv on the way)."""
+    from skip2lora.evaluate import load_labelled
+
+    path = Path(path)
+    if path.suffix == ".s2ld":
+        read_dataset(path)
+        return path.read_bytes()
+    x, y = load_labelled(path)
+    code = DTYPE_I8 if dtype == "int8" else DTYPE_F32
+    return encode_dataset(dataset_from_arrays(x, y, n_classes, code))
+
+
+def check_against_model(data, model, data_name, model_name):
+    ds = read_dataset(data)
+    if ds.features.shape[1] != model.dims[0]:
+        raise UserError(f"the dataset has {ds.features.shape[1]} features but the model "
+                        f"{model_name} takes {model.dims[0]}; use data for this model",
+                        data_name)
+    if len(ds.labels) and int(ds.labels.max()) >= model.dims[-1]:
+        raise UserError(f"label {int(ds.labels.max())} is outside the {model.dims[-1]} classes "
+                        f"of the model {model_name}", data_name)
+    if not len(ds.labels):
+        raise UserError("the dataset holds no samples", data_name)
+    return ds
+
+
+def job_call(args, data_path):
+    opts = dict(model=BOARD_MODEL, data=data_path, adapters=BOARD_ADAPTERS, cache=BOARD_CACHE,
+                method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                seed=args.seed, resume=args.resume,
+                backend=None if args.backend == "auto" else args.backend)
+    if args.rank:
+        opts["rank"] = args.rank
+    return "import s2l.job\ns2l.job.finetune(%s)\n" % ", ".join(f"{k}={v!r}" for k, v in opts.items())
+
+
+class Progress:
+    """Feeds the board's `S2L ...` lines to a tqdm bar; other output is printed as is."""
+
+    def __init__(self, epochs):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=epochs, unit="epoch", desc="fine-tuning on the board",
+                        dynamic_ncols=True)
+        self.pending = b""
+        self.records = []
+        self.other = []
+
+    def feed(self, chunk):
+        self.pending += chunk
+        while b"\n" in self.pending:
+            line, self.pending = self.pending.split(b"\n", 1)
+            self.line(line)
+
+    def line(self, line):
+        record = parse_progress(line)
+        if record is None:
+            text = line.decode(errors="replace").rstrip()
+            if text:
+                self.other.append(text)
+                self.bar.write(text)
+            return
+        if "epoch" in record and "loss" in record:
+            self.records.append(record)
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{100 * record['acc']:.1f}%",
+                                 ms=record["ms"], cache=record.get("cache_reads", 0))
+        elif "resume" in record:
+            self.bar.update(int(record["resume"]))
+
+    def close(self):
+        self.bar.close()
+
+
+def run(args):
+    with BoardLink(args.port) as link:
+        model_bytes = Path(args.model).read_bytes() if args.model else link.read_file(BOARD_MODEL)
+        model = read_model(model_bytes if not args.model else args.model)
+        model_name = args.model or f"{BOARD_MODEL} on the board"
+        if args.data.startswith(":"):
+            data_path = args.data[1:]
+            print(f"dataset: {data_path} already on the board")
+        else:
+            data = load_dataset_bytes(args.data, model.dims[-1], args.dataset_dtype)
+            ds = check_against_model(data, model, args.data, model_name)
+            data_path = BOARD_DATASET
+            if link.file_sha256(data_path) == sha256(data):
+                print(f"dataset: {len(ds.labels)} samples, unchanged on the board")
+            else:
+                print(f"dataset: uploading {len(ds.labels)} samples ({len(data):,} bytes) to "
+                      f"{data_path}")
+                link.write_file(data_path, data)
+        print(f"training {args.method} on the board: {args.epochs} epochs, lr {args.lr}, "
+              f"batch {args.batch_size}, seed {args.seed}")
+        progress = Progress(args.epochs)
+        try:
+            link.run(job_call(args, data_path), on_output=progress.feed, timeout=EPOCH_SILENCE_S)
+        except BoardInterrupted:
+            progress.close()
+            done = progress.records[-1]["epoch"] if progress.records else 0
+            print(f"stopped on the board after epoch {done}; the adapters of epoch {done} are "
+                  f"saved in {BOARD_ADAPTERS} (continue with --resume, fetch with "
+                  f"`skip2lora pull`)")
+            return 130
+        progress.close()
+    if progress.records:
+        last = progress.records[-1]
+        total_ms = sum(r["ms"] for r in progress.records)
+        print(f"done: epoch {last['epoch']}, loss {last['loss']:.4f}, train accuracy "
+              f"{100 * last['acc']:.1f} %, {total_ms / 1000:.1f} s on the board; adapters in "
+              f"{BOARD_ADAPTERS} (fetch with `skip2lora pull`)")
+    return 0

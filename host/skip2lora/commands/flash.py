@@ -1,0 +1,67 @@
+"""`skip2lora flash`: put the device package, a compiled model and the board config on a board."""
+import time
+
+from skip2lora import deploy
+from skip2lora.boards import Board, get_board
+from skip2lora.budget import estimate
+from skip2lora.errors import UserError
+from skip2lora.formats import read_model
+from skip2lora.link import BoardLink
+
+
+def add_port_argument(parser):
+    parser.add_argument("--port", "-p", default=None,
+                        help="serial port of the board, e.g. /dev/ttyACM0 (default: the running "
+                             "virtual board, see `skip2lora board start`)")
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "flash", help="copy the device package and a compiled model to a board",
+        description="Copy the device package (compiled to .mpy for the board's own architecture "
+                    "and .mpy version, or plain .py where mpy-cross cannot target it), the model "
+                    "and the board config to a board with mpremote. Unchanged files are skipped "
+                    "and every file written is verified by sha256.")
+    parser.add_argument("model", help="compiled model (.s2lm from `skip2lora compile`)")
+    add_port_argument(parser)
+    parser.add_argument("--board", default=None,
+                        help="board profile to budget against (default: the heap and flash the "
+                             "board itself reports)")
+    parser.add_argument("--samples", type=int, default=705,
+                        help="fine-tuning samples to budget flash for (default 705)")
+    parser.add_argument("--force", action="store_true", help="flash even if it does not fit")
+    parser.set_defaults(run=run)
+
+
+def measured_board(info, profile=None):
+    """A Board from what the connected board reports; a named profile keeps its own figures."""
+    if profile:
+        return get_board(profile)
+    return Board("connected", info.describe(), info.heap_total, info.fs_free, info.arch or "none")
+
+
+def run(args):
+    model = read_model(args.model)
+    started = time.time()
+    with BoardLink(args.port) as link:
+        info = link.info()
+        print(f"board: {info.describe()}")
+        budget = estimate(model.dims, measured_board(info, args.board),
+                          dtype="int8" if model.dtype else "f32", rank=model.rank,
+                          mask=model.adapter_mask, samples=args.samples)
+        for line in budget.lines():
+            print(line)
+        if not budget.fits and not args.force:
+            raise UserError(budget.refusal(), args.model)
+        mode = (f".mpy for {info.arch}" if deploy.can_use_mpy(info)
+                else "plain .py (mpy-cross cannot target this board)")
+        print(f"device package: {mode}")
+        uploads = deploy.package_uploads(info)
+        uploads += [deploy.model_upload(args.model),
+                    deploy.config_upload(args.model, args.board or "connected",
+                                         {"rank": model.rank, "alpha": model.alpha})]
+        written, skipped = deploy.sync(link, uploads)
+    print(f"flashed {link.port}: {written} written, {skipped} unchanged, all verified by sha256 "
+          f"({time.time() - started:.1f} s)")
+    return 0
+

