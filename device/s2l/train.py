@@ -12,9 +12,8 @@ import math
 import struct
 
 from .compat import S2LError, ticks_ms, ticks_diff
-from .formats import (F32, I8, I32, KIND_SKIP, KIND_PARALLEL, KIND_DELTA, METHODS, pad4,
-                      write_adapters, zeros)
-from .model import Model, argmax
+from .formats import I8, I32, KIND_SKIP, pad4, write_adapters, zeros
+from .model import Model
 from .dataset import Dataset
 from .rng import XorShift32
 from .cache import Cache
@@ -131,7 +130,9 @@ class Trainer:
         if self.fixed:
             self._alloc_fixed()
         else:
-            self._alloc_float()
+            from . import floatpath
+            self._fp = floatpath
+            floatpath.alloc(self)
 
     def _targets(self, targets):
         L = self.L
@@ -146,190 +147,6 @@ class Trainer:
         if not t or t[0] < 0 or t[-1] >= L:
             raise S2LError("targets must be 'all', 'hidden' or layer indices in 0..%d" % (L - 1))
         return t
-
-    # ================================================================== float path
-
-    def _alloc_float(self):
-        m, r, C = self.model, self.rank, self.C
-        dims = m.dims
-        self.xs = [zeros("f", d) for d in dims]  # x_1..x_L, then z / logits (frozen)
-        self.y = zeros("f", C)
-        self.g = zeros("f", C)
-        self.tmp = zeros("f", max(dims))
-        self.delta = zeros("f", max(dims))
-        self.delta2 = zeros("f", max(dims))
-        self.ads = []
-        mom = self.momentum > 0
-        for i in self.targets:
-            a = _Adapter()
-            a.layer = i
-            d_in, d_out = dims[i], dims[i + 1]
-            if self.method == "ft-last":
-                a.kind, a.ar, a.ac, a.br, a.bc = KIND_DELTA, d_out, d_in, d_out, 1
-            else:
-                a.kind = KIND_SKIP if self.method in SKIP_METHODS else KIND_PARALLEL
-                a.ar, a.ac = r, d_in
-                a.br, a.bc = (C if a.kind == KIND_SKIP else d_out), r
-            # A (and its gradient / velocity) as one array per row: no allocation above 2 KB
-            # for d <= 512, which a fragmented heap can always satisfy
-            a.A = [zeros("f", a.ac) for _ in range(a.ar)]
-            a.gA = [zeros("f", a.ac) for _ in range(a.ar)]
-            a.vA = [zeros("f", a.ac) for _ in range(a.ar)] if mom else None
-            a.B, a.gB = zeros("f", a.br * a.bc), zeros("f", a.br * a.bc)
-            a.vB = zeros("f", a.br * a.bc) if mom else None
-            a.u = zeros("f", r)
-            a.v = zeros("f", max(r, a.br))
-            if a.kind != KIND_DELTA:  # same draws, same order as rng.adapter_init (row-major)
-                bound = 1.0 / (d_in ** 0.5)
-                for row in a.A:
-                    for k in range(d_in):
-                        row[k] = self.rng.uniform(bound)
-            self.ads.append(a)
-        if self.method == "skip2lora":
-            segs = [(d, F32) for d in dims[1:self.L]] + [(self.C, F32)]
-            self.cache = Cache(self.cache_path, m.file_crc, self.data.file_crc, self.n, segs,
-                               self.xs[1:])
-
-    def _load_x1_float(self, k):
-        ds = self.data
-        x1 = self.xs[0]
-        if ds.dtype == F32:
-            return ds.read(k, x1)
-        lab = ds.read(k)
-        xq, sc = ds.x, ds.scale
-        for i in range(len(x1)):
-            x1[i] = xq[i] * sc
-        return lab
-
-    def _frozen_float(self):
-        """x_2..x_L and z of the sample in xs[0], frozen network only."""
-        m, xs = self.model, self.xs
-        for i in range(self.L):
-            out = xs[i + 1]
-            m.dense(i, xs[i], out)
-            if i < self.L - 1:
-                for j in range(len(out)):
-                    if out[j] < 0.0:
-                        out[j] = 0.0
-
-    def _step_float(self, k, nb):
-        """One sample: forward, loss, gradients accumulated (already divided by nb)."""
-        lab = self._load_x1_float(k)
-        xs, C, s, y, g = self.xs, self.C, self.s, self.y, self.g
-        method = self.method
-        if method in SKIP_METHODS:
-            if not (self.cache is not None and self.cache.read(k)):
-                self._frozen_float()
-            z = xs[-1]
-            for c in range(C):
-                y[c] = z[c]
-            for a in self.ads:
-                _matvec(a.A, xs[a.layer], a.u)
-                for c in range(C):
-                    acc = 0.0
-                    for q in range(a.ar):
-                        acc += a.B[c * a.bc + q] * a.u[q]
-                    y[c] += s * acc
-        elif method == "lora-all":
-            m = self.model
-            for i in range(self.L):
-                a = self.ads[i]
-                out = xs[i + 1] if i < self.L - 1 else y
-                m.dense(i, xs[i], out)
-                _matvec(a.A, xs[i], a.u)
-                for j in range(a.br):
-                    acc = 0.0
-                    for q in range(a.bc):
-                        acc += a.B[j * a.bc + q] * a.u[q]
-                    out[j] += s * acc
-                if i < self.L - 1:
-                    for j in range(len(out)):
-                        if out[j] < 0.0:
-                            out[j] = 0.0
-        else:  # ft-last
-            self._frozen_float()
-            a = self.ads[0]
-            xl = xs[self.L - 1]
-            _matvec(a.A, xl, self.tmp)
-            z = xs[-1]
-            for c in range(C):
-                y[c] = z[c] + self.tmp[c] + a.B[c]
-        loss, correct = _softmax_grad(y, lab, g, 1.0 / nb)
-        # backward
-        if method in SKIP_METHODS:
-            for a in self.ads:
-                _skip_grads(a, g, xs[a.layer], C, s)
-        elif method == "lora-all":
-            self._lora_backward()
-        else:
-            a = self.ads[0]
-            xl = xs[self.L - 1]
-            for c in range(C):
-                gc = g[c]
-                gA = a.gA[c]
-                for k2 in range(a.ac):
-                    gA[k2] += gc * xl[k2]
-                a.gB[c] += gc
-        return loss, correct
-
-    def _lora_backward(self):
-        m, xs, s = self.model, self.xs, self.s
-        delta, nxt = self.delta, self.delta2
-        g = self.g
-        for j in range(self.C):
-            delta[j] = g[j]
-        for i in range(self.L - 1, -1, -1):
-            a = self.ads[i]
-            d_in, d_out = m.dims[i], m.dims[i + 1]
-            r = a.ar
-            # v = B^T delta (r), dB += s delta u^T, dA += s v x^T
-            v = a.v
-            for q in range(r):
-                acc = 0.0
-                for j in range(d_out):
-                    acc += a.B[j * r + q] * delta[j]
-                v[q] = acc
-            for j in range(d_out):
-                dj = s * delta[j]
-                base = j * r
-                for q in range(r):
-                    a.gB[base + q] += dj * a.u[q]
-            x = xs[i]
-            for q in range(r):
-                vq = s * v[q]
-                gA = a.gA[q]
-                for k in range(d_in):
-                    gA[k] += vq * x[k]
-            if i == 0:
-                break
-            # dx = W^T delta + s A^T v, then ReLU of layer i-1 (its output is x_i)
-            lay = m.layers[i]
-            sc = lay.scale
-            for k in range(d_in):
-                nxt[k] = 0.0
-            for W, j0, nr in lay.W:
-                row = 0
-                for j in range(j0, j0 + nr):
-                    tj = delta[j] * sc[j] if sc is not None else delta[j]
-                    for k in range(d_in):
-                        nxt[k] += W[row + k] * tj
-                    row += d_in
-            for q in range(r):
-                vq = s * v[q]
-                Aq = a.A[q]
-                for k in range(d_in):
-                    nxt[k] += Aq[k] * vq
-            for k in range(d_in):
-                if not x[k] > 0.0:
-                    nxt[k] = 0.0
-            delta, nxt = nxt, delta
-
-    def _apply_float(self):
-        lr, mom = self.lr, self.momentum
-        for a in self.ads:
-            for q in range(a.ar):
-                _sgd(a.A[q], a.gA[q], a.vA[q] if a.vA else None, lr, mom)
-            _sgd(a.B, a.gB, a.vB, lr, mom)
 
     # ================================================================== fixed path
 
@@ -564,8 +381,8 @@ class Trainer:
         elif self.cache is not None:
             if self.cache.open() is None:
                 def fill(k):
-                    self._load_x1_float(k)
-                    self._frozen_float()
+                    self._fp.load_x1(self, k)
+                    self._fp.frozen(self)
                 self.cache.build([1.0] * len(self.cache.segs), fill)
                 self.cache_built = True
         self._prepared = True
@@ -615,10 +432,10 @@ class Trainer:
                     correct += ok
             else:
                 for j in range(nb):
-                    l, ok = self._step_float(order[start + j], nb)
+                    l, ok = self._fp.step(self, order[start + j], nb)
                     loss_sum += l
                     correct += ok
-                self._apply_float()
+                self._fp.apply(self)
             start += nb
         self.epochs_done += 1
         rec = {"epoch": self.epochs_done, "loss": loss_sum / n, "acc": correct / n,
@@ -725,66 +542,3 @@ class Trainer:
     def close(self):
         if self.cache is not None:
             self.cache.close()
-
-
-def _matvec(A, x, out):
-    """out[r] = A[r] . x for A given as a list of row arrays."""
-    for r in range(len(A)):
-        row = A[r]
-        acc = 0.0
-        for k in range(len(row)):
-            acc += row[k] * x[k]
-        out[r] = acc
-
-
-def _sgd(P, G, V, lr, mom):
-    if V is None:
-        for i in range(len(P)):
-            P[i] -= lr * G[i]
-            G[i] = 0.0
-    else:
-        for i in range(len(P)):
-            V[i] = mom * V[i] + G[i]
-            P[i] -= lr * V[i]
-            G[i] = 0.0
-
-
-def _softmax_grad(y, lab, g, inv_nb):
-    """g = (softmax(y) - onehot(lab)) * inv_nb; returns (loss, correct)."""
-    C = len(y)
-    ymax = y[0]
-    best = 0
-    for c in range(1, C):
-        if y[c] > ymax:
-            ymax = y[c]
-            best = c
-    tot = 0.0
-    for c in range(C):
-        e = math.exp(y[c] - ymax)
-        g[c] = e
-        tot += e
-    loss = math.log(tot) - (y[lab] - ymax)
-    for c in range(C):
-        g[c] = (g[c] / tot - (1.0 if c == lab else 0.0)) * inv_nb
-    return loss, best == lab
-
-
-def _skip_grads(a, g, x, C, s):
-    """gB += s g u^T; v = B^T g; gA += s v x^T."""
-    r, d = a.ar, a.ac
-    for c in range(C):
-        gc = s * g[c]
-        base = c * r
-        for q in range(r):
-            a.gB[base + q] += gc * a.u[q]
-    v = a.v
-    for q in range(r):
-        acc = 0.0
-        for c in range(C):
-            acc += a.B[c * r + q] * g[c]
-        v[q] = s * acc
-    for q in range(r):
-        vq = v[q]
-        gA = a.gA[q]
-        for k in range(d):
-            gA[k] += vq * x[k]

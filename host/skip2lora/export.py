@@ -61,7 +61,8 @@ def resolve_adapters(path):
 
 def describe(adapter):
     """'skip adapter on layer 0 (reads x1)': how messages name one adapter."""
-    return f"{KIND_WORDS[adapter.kind]} adapter on layer {adapter.layer} (reads x{adapter.layer + 1})"
+    return (f"{KIND_WORDS[adapter.kind]} adapter on layer {adapter.layer} "
+            f"(reads x{adapter.layer + 1})")
 
 
 def check_adapters(model, adapters, model_name=None, adapters_name=None):

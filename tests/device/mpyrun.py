@@ -37,6 +37,21 @@ def RESULT(**kw):
 """
 
 
+def build_mpy(dest, arch="x64"):
+    """Precompile device/s2l to .mpy with mpy-cross, as deployed to a board (the viper module
+    for `arch`; x64 runs on this unix port). Returns the directory to put on sys.path."""
+    dest = Path(dest)
+    out = dest / "s2l"
+    out.mkdir(parents=True, exist_ok=True)
+    cross = Path(micropython_binary()).parent / "mpy-cross"
+    for src in sorted((DEVICE / "s2l").glob("*.py")):
+        cmd = [str(cross), "-o", str(out / (src.stem + ".mpy")), str(src)]
+        if src.stem == "kernels_viper":
+            cmd.insert(1, "-march=" + arch)
+        subprocess.run(cmd, check=True, capture_output=True)
+    return dest
+
+
 class MpyError(AssertionError):
     pass
 

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mpyrun import DEVICE, FIXTURES, progress_lines, run
+from mpyrun import DEVICE, ESP32_HEAP, FIXTURES, build_mpy, progress_lines, run
 from skip2lora import formats as F
 from skip2lora import reference as R
 
@@ -267,3 +267,32 @@ RESULT(errors=out)
     errs = res[0]["errors"]
     assert all(e and "\n" not in e for e in errs), errs
     assert errs[4].startswith("nope.s2ld: no such file")
+
+
+def test_esp32_sized_heap(tmp_path):
+    """An ESP32 without PSRAM has a ~100 KB heap: the package (~44 KB of bytecode) and a
+    256-32-32-3 int8 model train there, deployed as .mpy (compiling the .py sources on the
+    board needs more); the 512-64-64-3 cooling-fan model needs ~108 KB and does not fit
+    beside the package (docs/device.md)."""
+    from skip2lora.network import Dense, Network
+    from skip2lora.compiler import compile_network
+    rng = np.random.default_rng(0)
+    dims = [256, 32, 32, 3]
+    net = Network([Dense(rng.standard_normal((dims[i + 1], dims[i])).astype(np.float32)
+                         / np.sqrt(dims[i]), np.zeros(dims[i + 1], np.float32))
+                   for i in range(3)])
+    F.write_model(tmp_path / "m.s2lm", compile_network(net, dtype="int8", rank=4))
+    X = rng.random((200, 256)).astype(np.float32)
+    y = np.argmax(net.forward(X), axis=1)
+    F.write_dataset(tmp_path / "d.s2ld", F.dataset_from_arrays(X, y, 3, F.DTYPE_I8))
+    dev = build_mpy(tmp_path / "lib")  # compiling the .py sources needs more than 100 KB
+    res, out = run(r"""
+from s2l import Trainer
+t = Trainer("m.s2lm", "d.s2ld", lr=1/32, cache="c.s2lc")
+t.fit(2)
+t.save("a.s2la")
+gc.collect()
+RESULT(alloc=gc.mem_alloc(), free=gc.mem_free())
+""", tmp_path, heap=ESP32_HEAP, device_dir=dev)
+    assert [p["cache_reads"] for p in progress_lines(out)] == [200, 200]
+    assert F.read_adapters(tmp_path / "a.s2la").epochs_done == 2

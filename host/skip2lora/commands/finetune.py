@@ -9,8 +9,7 @@ from pathlib import Path
 
 from skip2lora.commands.flash import add_port_argument
 from skip2lora.errors import UserError
-from skip2lora.formats import (DTYPE_F32, DTYPE_I8, dataset_from_arrays, encode_dataset,
-                               read_dataset, read_model)
+from skip2lora.formats import DTYPE_F32, DTYPE_I8, dataset_from_arrays, encode_dataset, read_model
 from skip2lora.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_MODEL,
                             BoardInterrupted, BoardLink, parse_progress, sha256)
 
@@ -46,31 +45,18 @@ def register(subparsers):
     parser.set_defaults(run=run)
 
 
-def load_dataset_bytes(path, n_classes, dtype):
-    """The .s2ld bytes for a local dataset file (packing .npz/.csv on the way)."""
+def load_dataset_bytes(path, model, model_name, dtype):
+    """The .s2ld bytes for a local dataset file, checked against the model before anything
+    is uploaded (packing .npz/.csv on the way)."""
     from skip2lora.evaluate import load_labelled
 
-    path = Path(path)
-    if path.suffix == ".s2ld":
-        read_dataset(path)
-        return path.read_bytes()
-    x, y = load_labelled(path)
+    x, y = load_labelled(path, model.dims[0], model.dims[-1], model_name)
+    if not len(y):
+        raise UserError("the dataset holds no samples", path)
+    if Path(path).suffix == ".s2ld":
+        return Path(path).read_bytes(), len(y)
     code = DTYPE_I8 if dtype == "int8" else DTYPE_F32
-    return encode_dataset(dataset_from_arrays(x, y, n_classes, code))
-
-
-def check_against_model(data, model, data_name, model_name):
-    ds = read_dataset(data)
-    if ds.features.shape[1] != model.dims[0]:
-        raise UserError(f"the dataset has {ds.features.shape[1]} features but the model "
-                        f"{model_name} takes {model.dims[0]}; use data for this model",
-                        data_name)
-    if len(ds.labels) and int(ds.labels.max()) >= model.dims[-1]:
-        raise UserError(f"label {int(ds.labels.max())} is outside the {model.dims[-1]} classes "
-                        f"of the model {model_name}", data_name)
-    if not len(ds.labels):
-        raise UserError("the dataset holds no samples", data_name)
-    return ds
+    return encode_dataset(dataset_from_arrays(x, y, model.dims[-1], code)), len(y)
 
 
 def job_call(args, data_path):
@@ -130,13 +116,12 @@ def run(args):
             data_path = args.data[1:]
             print(f"dataset: {data_path} already on the board")
         else:
-            data = load_dataset_bytes(args.data, model.dims[-1], args.dataset_dtype)
-            ds = check_against_model(data, model, args.data, model_name)
+            data, n = load_dataset_bytes(args.data, model, model_name, args.dataset_dtype)
             data_path = BOARD_DATASET
             if link.file_sha256(data_path) == sha256(data):
-                print(f"dataset: {len(ds.labels)} samples, unchanged on the board")
+                print(f"dataset: {n} samples, unchanged on the board")
             else:
-                print(f"dataset: uploading {len(ds.labels)} samples ({len(data):,} bytes) to "
+                print(f"dataset: uploading {n} samples ({len(data):,} bytes) to "
                       f"{data_path}")
                 link.write_file(data_path, data)
         print(f"training {args.method} on the board: {args.epochs} epochs, lr {args.lr}, "

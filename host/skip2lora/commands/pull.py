@@ -1,0 +1,42 @@
+"""`skip2lora pull`: bring the board's trained adapters home, checked, in .s2la and PEFT form."""
+from pathlib import Path
+
+from skip2lora.commands.flash import add_port_argument
+from skip2lora.errors import UserError
+from skip2lora.formats import _write_atomic, read_adapters
+from skip2lora.link import BOARD_ADAPTERS, BOARD_MODEL, BoardLink
+from skip2lora.peft import write_peft_dir
+
+# The model's file CRC is its last 4 bytes (docs/formats.md): no need to copy the whole model.
+_MODEL_CRC = "__import__('struct').unpack('<I', (lambda f: (f.seek(-4, 2), f.read(4), f.close())[1])(open(%r, 'rb')))[0]"
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "pull", help="fetch the trained adapters from the board",
+        description="Copy the adapters the board trained, check their CRC and that they belong "
+                    "to the model on the board, and write adapters.s2la, adapter_config.json and "
+                    "adapter_model.safetensors (PEFT-style key names) into DIR.")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write")
+    add_port_argument(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args):
+    out = Path(args.output)
+    with BoardLink(args.port) as link:
+        raw = link.read_file(BOARD_ADAPTERS)
+        model_crc = link.eval(_MODEL_CRC % BOARD_MODEL)
+    adapters = read_adapters(raw)
+    if adapters.model_crc != model_crc:
+        raise UserError(f"{BOARD_ADAPTERS} on the board was trained for another model (CRC "
+                        f"0x{adapters.model_crc:08x}, the board's model is "
+                        f"0x{model_crc:08x}); fine-tune again", link.port)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "adapters.s2la", raw)
+    write_peft_dir(adapters, out)
+    n_values = sum(a.A.size + a.B.size for a in adapters.adapters)
+    print(f"pulled {adapters.method} adapters: {len(adapters.adapters)} adapters, rank "
+          f"{adapters.rank}, {n_values:,} values, {adapters.epochs_done} epochs, CRC ok")
+    print(f"wrote {out}/adapters.s2la, adapter_config.json, adapter_model.safetensors")
+    return 0

@@ -1,0 +1,84 @@
+"""The cooling-fan scenario (silentA -> noisy, 512-64-64-3 int8, 705 samples) on the unix port
+with an RP2040-sized heap: the whole package, the model and the trainer fit; the fixed-point
+fast path ends within 1 point of the float64 reference; the heap does not grow per epoch.
+
+Needs the cooling-fan zips (../shared/datasets/cooling-fan or SKIP2LORA_DATA_DIR) and torch
+for the one-time pre-training (cached under ~/.cache/skip2lora/device-tests).
+"""
+import numpy as np
+import pytest
+
+from mpyrun import ESP32_HEAP, RP2040_HEAP, progress_lines, run
+from skip2lora import formats as F
+from skip2lora import reference as R
+
+S = pytest.importorskip("cooling_fan_setup")
+
+
+@pytest.fixture(scope="module")
+def cf(tmp_path_factory):
+    try:
+        from skip2lora.data.cooling_fan import data_dir
+        data_dir()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip("cooling-fan data not available: %s" % e)
+    pytest.importorskip("torch")
+    work = tmp_path_factory.mktemp("cooling-fan")
+    files = S.build(work)
+    files.work = work
+    return files
+
+
+FIT = r"""
+gc.collect(); start = gc.mem_alloc()
+from s2l import Trainer
+gc.collect(); code = gc.mem_alloc()
+t = Trainer("model-int8.s2lm", "finetune.s2ld", method="skip2lora", backend=BACKEND, lr=LR,
+            targets=TARGETS, cache="c.s2lc", rank=4)
+gc.collect(); ready = gc.mem_alloc()
+t.fit(2)
+seen = []
+for i in range(EPOCHS - 2):   # t.epoch(): the loop alone, without fit()'s history list
+    gc.collect(); seen.append(gc.mem_alloc())
+    r = t.epoch(); r = None
+gc.collect(); seen.append(gc.mem_alloc())
+t.save("a.s2la")
+gc.collect()
+RESULT(start=start, code=code, ready=ready, seen=seen, end=gc.mem_alloc(), free=gc.mem_free())
+"""
+
+
+def _train(cf, lr, targets, epochs=10, backend="viper", heap=RP2040_HEAP):
+    cache = cf.work / "c.s2lc"
+    if cache.exists():
+        cache.unlink()
+    res, out = run("BACKEND=%r\nLR=%r\nTARGETS=%r\nEPOCHS=%d\n" % (backend, lr, targets, epochs)
+                   + FIT, cf.work, heap=heap)
+    af = F.read_adapters(cf.work / "a.s2la")
+    return af, res[-1], progress_lines(out)
+
+
+@pytest.mark.parametrize("lr", [2 ** -4, 2 ** -6])
+def test_fast_path_within_one_point_of_float_reference(cf, lr):
+    af, mem, prog = _train(cf, lr, "all")
+    acc = S.accuracy(S.skip_logits(cf.net, af, cf.Xt), cf.yt)
+    cfg = R.FinetuneConfig(method="skip2lora", rank=4, lr=lr, epochs=10, targets="all")
+    ref = R.finetune(cf.net, cf.X, cf.y, cfg)
+    ref_acc = S.accuracy(ref.predict(cf.Xt), cf.yt)
+    print("lr %g: board (viper, int8 cache) %.2f %%, float64 reference %.2f %%"
+          % (lr, 100 * acc, 100 * ref_acc))
+    assert abs(acc - ref_acc) <= 0.01
+    assert acc > 0.85  # and fine-tuning helped (the frozen model scores ~47 %)
+    # epoch 2 onward reads every sample from the cache
+    assert all(p["cache_reads"] == len(cf.y) for p in prog)
+    # the package + model + trainer fit the RP2040 heap, and the loop's heap is flat
+    assert mem["seen"][-1] - mem["seen"][0] <= 64, mem["seen"]
+    print("heap (bytes): package code %d, + model and trainer %d, after training %d, "
+          "free %d" % (mem["code"] - mem["start"], mem["ready"] - mem["code"], mem["end"],
+                       mem["free"]))
+
+
+def test_progress_line_format(cf):
+    _, _, prog = _train(cf, 2 ** -5, "hidden", epochs=3)
+    assert [p["epoch"] for p in prog] == [1, 2, 3]
+    assert set(prog[0]) == {"epoch", "loss", "acc", "ms", "cache_reads"}
