@@ -387,7 +387,7 @@ class Trainer:
                 self.cache_built = True
         self._prepared = True
 
-    def fit(self, epochs=1, eval_data=None):
+    def fit(self, epochs=1):
         """Train for epochs more epochs; prints one progress line per epoch:
         S2L epoch=<n> loss=<f> acc=<f> ms=<n> cache_reads=<n>"""
         for _ in range(epochs):

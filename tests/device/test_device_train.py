@@ -143,7 +143,7 @@ from s2l import Trainer
 t = Trainer(MODEL, DATA, method=METHOD, backend=BACKEND, lr=1/64, rank=2, cache="h.s2lc",
             batch_size=2, log=None)
 t.epoch(); t.epoch()          # warm-up: cache built, lazily created objects exist
-seen = []
+seen, i, r = [], 0, None      # every global exists before the first measurement
 for i in range(5):
     gc.collect(); seen.append(gc.mem_alloc())
     r = t.epoch(); r = t.epoch(); r = None
