@@ -3,15 +3,24 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Board targets: PORT=/dev/ttyACM0 for a real board; empty = the virtual board (started if needed).
 PORT ?=
-MODEL ?= out/model.s2lm
+MODEL ?= out/demo/model.s2lm
+DATA ?= out/demo/noisy_finetune.npz
+EPOCHS ?= 20
+OUT ?= out/adapters
+PORT_ARG = $(if $(PORT),--port $(PORT),)
+VBOARD = $(if $(PORT),,vboard)
 
-.PHONY: help setup test demo paper bench flash finetune pull clean
+.PHONY: help setup test demo paper bench flash finetune pull vboard clean
 
 help:
 	@echo "make demo   - pre-train on one room, fine-tune on another with Skip2-LoRA, show the accuracy won back"
 	@echo "make test   - run the test suite (host and MicroPython device tests)"
 	@echo "make paper  - regenerate docs/RESULTS.md (every method on the cooling-fan drift scenarios)"
+	@echo "make flash MODEL=m.s2lm [PORT=/dev/ttyACM0]   - device package + model to the board"
+	@echo "make finetune DATA=d.npz [EPOCHS=20] [PORT=…]  - fine-tune on the board"
+	@echo "make pull OUT=dir [PORT=…]                     - bring the adapters home"
 
 $(STAMP): requirements.txt pyproject.toml
 	@echo "== setting up $(VENV) (pinned dependencies, CPU torch) =="
@@ -35,8 +44,17 @@ paper: $(STAMP)
 bench: $(STAMP)
 	@echo "make bench: the on-board benchmark comes with the benchmark issue"; exit 1
 
-flash finetune pull: $(STAMP)
-	@echo "make $@: talking to a board comes with the board-flow issue"; exit 1
+vboard: $(STAMP)
+	$(BIN)/skip2lora board start
+
+flash: $(STAMP) $(VBOARD)
+	$(BIN)/skip2lora flash $(MODEL) $(PORT_ARG)
+
+finetune: $(STAMP) $(VBOARD)
+	$(BIN)/skip2lora finetune --data $(DATA) --epochs $(EPOCHS) $(PORT_ARG)
+
+pull: $(STAMP) $(VBOARD)
+	$(BIN)/skip2lora pull -o $(OUT) $(PORT_ARG)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
