@@ -42,7 +42,7 @@ paper: $(STAMP)
 	$(BIN)/python tools/make_results.py
 
 bench: $(STAMP)
-	@echo "make bench: the on-board benchmark comes with the benchmark issue"; exit 1
+	$(BIN)/skip2lora bench --json out/bench.json --report docs/BENCHMARKS.md $(PORT_ARG)
 
 vboard: $(STAMP)
 	$(BIN)/skip2lora board start

@@ -11,8 +11,9 @@
 import math
 import struct
 
-from .compat import S2LError, ticks_ms, ticks_diff
-from .formats import I8, I32, KIND_SKIP, pad4, write_adapters, zeros
+from .compat import S2LError, ticks_ms, ticks_diff, open_write, replace, sync
+from .formats import (I8, I32, KIND_SKIP, crc32, pad4, read_adapters, write_adapters,
+                      zeros)
 from .model import Model
 from .dataset import Dataset
 from .rng import XorShift32
@@ -23,6 +24,7 @@ SKIP_METHODS = ("skip2lora", "skip-lora")
 SUPPORTED = ("skip2lora", "skip-lora", "lora-all", "ft-last")
 LIM = 0x3FFFFFFF
 T_BG = 6  # pre-shift of B^T g, keeps e * x inside int32 (docs/device.md)
+STATE_MAGIC = b"S2LS"  # <adapters>.state: the fixed path's int32 masters, bit for bit
 
 
 def _f32(x):
@@ -122,6 +124,7 @@ class Trainer:
         self.cache_path, self.cache_dtype = cache, cache_dtype
         self.rng = XorShift32(seed)
         self.epochs_done = 0
+        self.saved_epochs = 0  # epochs_done of the last complete save() (or restore())
         self.history = []
         self._prepared = False
         self.n = ds.n
@@ -387,21 +390,38 @@ class Trainer:
                 self.cache_built = True
         self._prepared = True
 
-    def fit(self, epochs=1):
+    def fit(self, epochs=1, save=None):
         """Train for epochs more epochs; prints one progress line per epoch:
-        S2L epoch=<n> loss=<f> acc=<f> ms=<n> cache_reads=<n>"""
+        S2L epoch=<n> loss=<f> acc=<f> ms=<n> cache_reads=<n>[ saved_ms=<n>]
+        With save=path the adapters are saved after every epoch, before its line is printed
+        (a line seen means the epoch is on flash). A KeyboardInterrupt during that save
+        completes the save first, so flash never holds half of a save."""
         for _ in range(epochs):
             t0 = ticks_ms()
             if not self._prepared:
                 self._prepare()
             rec = self.epoch()
-            ms = ticks_diff(ticks_ms(), t0)
-            rec["ms"] = ms
+            rec["ms"] = ticks_diff(ticks_ms(), t0)
             self.history.append(rec)
+            if save is not None:
+                t0 = ticks_ms()
+                try:
+                    self.save(save)
+                except KeyboardInterrupt as e:
+                    self.save(save)
+                    raise e
+                rec["saved_ms"] = ticks_diff(ticks_ms(), t0)
             if self.log is not None:
-                self.log("S2L epoch=%d loss=%.6f acc=%.4f ms=%d cache_reads=%d"
-                         % (rec["epoch"], rec["loss"], rec["acc"], ms, rec["cache_reads"]))
+                self.log(self.progress_line(rec))
         return self.history
+
+    @staticmethod
+    def progress_line(rec):
+        line = ("S2L epoch=%d loss=%.6f acc=%.4f ms=%d cache_reads=%d"
+                % (rec["epoch"], rec["loss"], rec["acc"], rec.get("ms", 0), rec["cache_reads"]))
+        if "saved_ms" in rec:
+            line += " saved_ms=%d" % rec["saved_ms"]
+        return line
 
     def epoch(self):
         """One pass over the dataset in this epoch's shuffled order; returns its record
@@ -516,9 +536,110 @@ class Trainer:
         return out
 
     def save(self, path):
-        """Write the adapters (f32) to path atomically (new file, then rename)."""
-        return write_adapters(path, self.model.file_crc, self.rank, self.C, self.alpha,
-                              self.epochs_done, self.method, self._entries(), self._payload())
+        """Write the adapters (f32) to path atomically (new file, then rename). The fixed path
+        also writes <path>.state, its int32 masters (f32 cannot hold them exactly), so that
+        restore() continues bit for bit."""
+        crc = write_adapters(path, self.model.file_crc, self.rank, self.C, self.alpha,
+                             self.epochs_done, self.method, self._entries(), self._payload())
+        if self.fixed:
+            self._save_state(path + ".state", crc)
+        self.saved_epochs = self.epochs_done
+        return crc
+
+    def restore(self, path):
+        """Continue from a .s2la that save() wrote for the same model, method, rank and
+        targets: the adapters, epochs_done, and the random stream as after that many epochs
+        (A-init draws, then one shuffle per epoch). Momentum restarts at zero. The fixed path
+        takes its int32 masters from <path>.state when that belongs to this very file, else
+        it rounds the f32 values (then not bit-exact). Call it before any training."""
+        if self.epochs_done or self.history:
+            raise S2LError("restore() must come before any training", path)
+        info = read_adapters(path)
+        ads = info["adapters"]
+        mine = (self.model.file_crc, self.method, self.rank, _f32(self.alpha), self._entries())
+        theirs = (info["model_crc"], info["method"], info["rank"], info["alpha"],
+                  [(e[0], e[1], e[3], e[4], e[6], e[7]) for e in ads])
+        if mine != theirs:
+            raise S2LError("was saved for another model, method, rank or targets (%s rank %d "
+                           "on layers %s; this run: %s rank %d on layers %s); start without "
+                           "--resume (resume=False) to train afresh"
+                           % (info["method"], info["rank"], [e[0] for e in ads],
+                              self.method, self.rank, self.targets), path)
+        if not self.fixed:  # float32 arrays, as in the file: exact
+            for a, e in zip(self.ads, ads):
+                a.A, a.B = e[2], e[5]
+            self.restored_exact = True
+        else:
+            if not self._prepared:
+                self._prepare()  # the masters' unit depends on the activation scales
+            self.restored_exact = self._load_state(path + ".state", info["file_crc"])
+            for a, e in zip(self.ads, ads):
+                if not self.restored_exact:  # round the f32 values (not bit-exact)
+                    for q in range(a.ar):
+                        A32, row = a.A32[q], e[2][q]
+                        for i in range(a.d):
+                            A32[i] = _sat(int(math.floor(row[i] * a.m * 1073741824.0 + 0.5)))
+                    for i in range(len(a.B32)):
+                        a.B32[i] = _sat(int(math.floor(e[5][i] * 536870912.0 + 0.5)))
+                for src, dst in zip(a.A32 + [a.B32], a.A16 + [a.B16]):
+                    for i in range(len(src)):  # forward copies, as refreshed at a batch end
+                        dst[i] = (src[i] + 32768) >> 16
+        n = info["epochs_done"]
+        if self.shuffle:  # the rng has made the A-init draws: now one shuffle per epoch
+            for _ in range(n):
+                self.rng.shuffle(self.order)
+        self.epochs_done = self.saved_epochs = n
+        return n
+
+    def _state_head(self, adapters_crc):
+        """magic, the adapters file's CRC (ties the state to that very file), the adapter
+        count, and each adapter's activation-scale mantissa (the masters' unit)."""
+        head = struct.pack("<4sII", STATE_MAGIC, adapters_crc, len(self.ads))
+        for a in self.ads:
+            head += struct.pack("<f", a.m)
+        return head
+
+    def _save_state(self, path, adapters_crc):
+        """<adapters>.state: header, every adapter's A32 rows then B32 (raw int32, the
+        board's byte order), CRC32 of all before it. Atomic like the adapters."""
+        head = self._state_head(adapters_crc)
+        tmp = path + ".tmp"
+        f = open_write(tmp)
+        try:
+            f.write(head)
+            crc = crc32(head)
+            for a in self.ads:
+                for buf in a.A32 + [a.B32]:
+                    f.write(buf)
+                    crc = crc32(buf, crc)
+            f.write(struct.pack("<I", crc))
+            f.flush()
+        finally:
+            f.close()
+        sync()
+        replace(tmp, path)
+
+    def _load_state(self, path, adapters_crc):
+        """Read <adapters>.state into the masters; False (masters undefined) unless it
+        exists, is whole, and belongs to the adapters file with CRC adapters_crc."""
+        head = self._state_head(adapters_crc)
+        try:
+            f = open(path, "rb")
+        except OSError:
+            return False
+        try:
+            if f.read(len(head)) != head:
+                return False
+            crc = crc32(head)
+            for a in self.ads:
+                for buf in a.A32 + [a.B32]:
+                    if f.readinto(buf) != 4 * len(buf):
+                        return False
+                    crc = crc32(buf, crc)
+            tail = f.read(5)
+            return len(tail) == 4 and struct.unpack("<I", tail)[0] == crc
+        finally:
+            f.close()
 
     def apply(self):
         """Hand the trained adapters to the model, so model.predict() uses them."""

@@ -12,7 +12,7 @@ import sys
 from skip2lora import __version__
 from skip2lora.errors import UserError
 
-COMMANDS = ("compile", "boards", "board", "flash", "finetune", "pull", "export", "eval")
+COMMANDS = ("compile", "boards", "board", "flash", "finetune", "pull", "export", "eval", "bench")
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

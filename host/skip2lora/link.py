@@ -11,7 +11,7 @@ from skip2lora.errors import UserError
 
 # Where things live on the board's filesystem (docs/formats.md names the files).
 BOARD_LIB = "/lib/s2l"
-BOARD_DIR = "/s2l"
+BOARD_DIR = "/skip2lora"  # not /s2l: a folder of that name on the import path would shadow the package
 BOARD_MODEL = BOARD_DIR + "/model.s2lm"
 BOARD_CONFIG = BOARD_DIR + "/config.json"
 BOARD_DATASET = BOARD_DIR + "/data.s2ld"

@@ -1,0 +1,91 @@
+# The board's side of `skip2lora finetune` (host/skip2lora/commands/finetune.py): train a
+# Trainer up to a total epoch count, save the adapters after every finished epoch, and report
+# in one-line `S2L key=value` records for the host. Orchestration only: the maths is in
+# train.py. The lines, in order:
+#   S2L resume=<n>                               continuing from n epochs saved on flash
+#   S2L epoch=<n> loss= acc= ms= cache_reads= saved_ms=   after epoch n is on flash
+#   S2L stopped=<n>                              Ctrl-C: flash holds epoch n; KeyboardInterrupt
+#   S2L error=memory need=<stage> free=<bytes>   then S2LError
+#   S2L done=<n> adapters=<path>
+import gc
+
+from .compat import S2LError, exists, remove
+from .model import Model
+from .train import Trainer
+
+BACKENDS = {"auto": None, "python": "py"}  # the host's --backend names -> Trainer's
+
+
+def _flash_full(e):
+    """OSError 28 (ENOSPC), also when compat.open_write has turned it into an S2LError."""
+    if isinstance(e, OSError):
+        return bool(e.args) and e.args[0] == 28
+    return "Errno 28" in str(e) or "ENOSPC" in str(e)
+
+
+def finetune(model, data, adapters, cache=None, method="skip2lora", epochs=20, lr=0.01,
+             batch_size=1, seed=0, resume=False, backend=None, rank=None, momentum=0.0,
+             targets=None):
+    """Fine-tune to `epochs` epochs in total (with resume=True, counting those already in
+    `adapters`); returns the epochs done. Errors are S2LError with a one-line message."""
+    t = None
+    shown = [0]  # the last epoch whose line was printed
+
+    def log(line):
+        print(line)
+        shown[0] = t.history[-1]["epoch"]
+
+    stage = "model"
+    try:
+        m = Model(model)
+        stage = "trainer"
+        t = Trainer(m, data, method=method, rank=rank, lr=lr, batch_size=batch_size,
+                    momentum=momentum, seed=seed, backend=BACKENDS.get(backend, backend),
+                    cache=cache, targets=targets, log=log)
+        if resume and exists(adapters):
+            stage = "restore"
+            shown[0] = t.restore(adapters)
+            print("S2L resume=%d" % t.epochs_done)
+            if not t.restored_exact:
+                print("resuming from the float32 values in %s (no matching %s.state): not bit "
+                      "for bit an uninterrupted run" % (adapters, adapters))
+        elif resume:
+            print("no adapters at %s yet: starting from epoch 0" % adapters)
+        stage = "training"
+        if t.epochs_done >= epochs:
+            print("%d epochs already done, %d asked for: nothing to train"
+                  % (t.epochs_done, epochs))
+        while t.epochs_done < epochs:
+            t.fit(1, save=adapters)
+            t.history = t.history[-1:]  # a long run must not grow the heap
+    except KeyboardInterrupt:
+        done = 0
+        if t is not None:
+            done = t.saved_epochs
+            if done > shown[0]:  # saved, but stopped before its line went out
+                print(t.progress_line(t.history[-1]))
+            if t.cache_path:
+                remove(t.cache_path + ".tmp")  # a cache build cut short
+            t.close()
+        print("S2L stopped=%d" % done)
+        raise
+    except MemoryError:
+        m = t = None
+        gc.collect()
+        print("S2L error=memory need=%s free=%d" % (stage, gc.mem_free()))
+        raise S2LError("the model and dataset do not fit the board's heap (out of memory at "
+                       "the %s stage); use an int8 model, adapters on the hidden layers only "
+                       "(targets='hidden') or a smaller rank" % stage)
+    except (OSError, S2LError) as e:
+        if t is None or not _flash_full(e):
+            raise
+        path = adapters if t._prepared else t.cache_path
+        remove(adapters + ".tmp")
+        remove(adapters + ".state.tmp")
+        t.close()
+        raise S2LError("flash full while writing %s; the previous adapters are intact; free "
+                       "space on the board's flash (delete files you do not need) and run "
+                       "again with --resume" % path)
+    t.close()
+    print("S2L done=%d adapters=%s" % (t.epochs_done, adapters))
+    return t.epochs_done

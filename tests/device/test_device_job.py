@@ -1,0 +1,295 @@
+"""s2l.job.finetune, the board's side of `skip2lora finetune`, on the MicroPython unix port:
+resume that is bit-exact against an uninterrupted run, a save after every epoch before its
+progress line, Ctrl-C (SIGINT) mid-run, flash full (a real ENOSPC from /dev/full) and an
+out-of-memory model.
+"""
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mpyrun import PRELUDE, DEVICE, micropython_binary, run
+from skip2lora import formats as F
+from skip2lora.link import parse_progress
+
+INT8 = dict(model="model-int8.s2lm", data="dataset-int8.s2ld")
+F32 = dict(model="model-f32.s2lm", data="dataset-f32.s2ld")
+BASE = dict(adapters="a.s2la", cache="c.s2lc", lr=1 / 64, rank=2, seed=3)
+
+
+def call(**kw):
+    opts = dict(BASE, **INT8)
+    opts.update(kw)
+    return "s2l.job.finetune(%s)" % ", ".join("%s=%r" % kv for kv in sorted(opts.items()))
+
+
+def job(cwd, **kw):
+    """Run one finetune job in a fresh interpreter; returns (S2LError message or None, stdout)."""
+    res, out = run("""
+import s2l.job
+from s2l import S2LError
+try:
+    %s
+    RESULT(err=None)
+except S2LError as e:
+    RESULT(err=str(e))
+""" % call(**kw), cwd)
+    return res[-1]["err"], out
+
+
+def s2l_lines(out):
+    return [parse_progress(line.encode()) for line in out.splitlines() if line.startswith("S2L ")]
+
+
+def epochs_of(out):
+    return [p for p in s2l_lines(out) if "loss" in p]
+
+
+@pytest.mark.parametrize("case", [
+    dict(method="skip2lora", backend="viper", batch_size=1),
+    dict(method="skip2lora", backend="viper", batch_size=1, drop_cache=True),
+    dict(method="skip2lora", backend="python", batch_size=4, data="dataset-f32.s2ld"),
+    dict(method="skip-lora", backend="viper", batch_size=2, targets="hidden"),
+    dict(method="skip2lora", backend="float", batch_size=1, **F32),
+    dict(method="lora-all", backend="float", batch_size=2, **F32),
+    dict(method="ft-last", backend=None, batch_size=1),
+], ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_resume_is_bit_exact(fixdir, case):
+    """4 epochs straight == 2 epochs, then a new interpreter resuming to 4: the same bytes."""
+    case = dict(case)
+    drop_cache = case.pop("drop_cache", False)
+    err, straight = job(fixdir, epochs=4, adapters="full.s2la", cache="full.s2lc", **case)
+    assert err is None
+    err, first = job(fixdir, epochs=2, resume=True, **case)
+    assert err is None and "no adapters at a.s2la yet: starting from epoch 0" in first
+    assert F.read_adapters(fixdir / "a.s2la").epochs_done == 2
+    if drop_cache:  # the resumed run recalibrates: the same float32-rounded scales
+        (fixdir / "c.s2lc").unlink()
+    err, second = job(fixdir, epochs=4, resume=True, **case)
+    assert err is None
+    assert s2l_lines(second)[0] == {"resume": 2}
+    assert "not bit for bit" not in second
+    assert (fixdir / "a.s2la").read_bytes() == (fixdir / "full.s2la").read_bytes()
+    fixed = case["backend"] in ("viper", "python")
+    assert (fixdir / "a.s2la.state").exists() == fixed
+    if fixed:
+        assert (fixdir / "a.s2la.state").read_bytes() == (fixdir / "full.s2la.state").read_bytes()
+    # the resumed epochs saw the same shuffles: the same losses, line for line
+    strip = [{k: v for k, v in p.items() if k not in ("ms", "saved_ms")} for p in
+             epochs_of(straight)]
+    assert [{k: v for k, v in p.items() if k not in ("ms", "saved_ms")}
+            for p in epochs_of(first) + epochs_of(second)] == strip
+
+
+def test_progress_lines_follow_the_save(fixdir):
+    """Every epoch line is printed after that epoch is on flash (read back from the file at the
+    moment the line is printed), then one done line; the host's parser reads them all."""
+    res, out = run("""
+import struct
+import s2l.job
+seen = []
+def spy(line):
+    print(line)
+    if line.startswith("S2L epoch="):
+        with open("a.s2la", "rb") as f:
+            seen.append(struct.unpack_from("<I", f.read(24), 20)[0])
+s2l.job.print = spy
+n = %s
+RESULT(seen=seen, n=n)
+""" % call(epochs=3), fixdir)
+    assert res[0] == {"seen": [1, 2, 3], "n": 3}
+    lines = s2l_lines(out)
+    assert [p["epoch"] for p in lines[:3]] == [1, 2, 3]
+    assert all(set(p) == {"epoch", "loss", "acc", "ms", "cache_reads", "saved_ms"}
+               for p in lines[:3])
+    assert lines[3] == {"done": 3, "adapters": "a.s2la"} and len(lines) == 4
+    assert sorted(p.name for p in fixdir.glob("a.s2la*")) == ["a.s2la", "a.s2la.state"]
+    # nothing left to train: say so, touch nothing, report done
+    before = (fixdir / "a.s2la").read_bytes()
+    err, out = job(fixdir, epochs=2, resume=True)
+    assert err is None and "3 epochs already done, 2 asked for: nothing to train" in out
+    assert s2l_lines(out) == [{"resume": 3}, {"done": 3, "adapters": "a.s2la"}]
+    assert (fixdir / "a.s2la").read_bytes() == before
+
+
+def test_long_run_heap_stays_flat(fixdir):
+    """300 epochs in one job: Trainer.fit alone keeps every epoch's record and fails near
+    epoch 256 on a 192 KB heap; the job keeps only the last."""
+    res, out = run("""
+import s2l.job
+n = %s
+gc.collect()
+RESULT(n=n, alloc=gc.mem_alloc())
+""" % call(epochs=300), fixdir)
+    assert res[0]["n"] == 300 and len(epochs_of(out)) == 300
+    assert res[0]["alloc"] < 70000
+
+
+def test_resume_without_state_file_rounds_the_f32_values(fixdir):
+    """No matching .state (deleted, or left from another save): the f32 values are rounded back
+    to int32 masters; training continues, close to but not bit for bit the uninterrupted run."""
+    job(fixdir, epochs=4, adapters="full.s2la")
+    job(fixdir, epochs=1)
+    stale = (fixdir / "a.s2la.state").read_bytes()  # belongs to epoch 1's file
+    job(fixdir, epochs=2, resume=True)
+    (fixdir / "a.s2la.state").write_bytes(stale)
+    err, out = job(fixdir, epochs=4, resume=True)
+    assert err is None
+    assert "resuming from the float32 values in a.s2la (no matching a.s2la.state)" in out
+    got, want = F.read_adapters(fixdir / "a.s2la"), F.read_adapters(fixdir / "full.s2la")
+    assert got.epochs_done == 4
+    assert (fixdir / "a.s2la").read_bytes() != (fixdir / "full.s2la").read_bytes()
+    for x, y in zip(got.adapters, want.adapters):
+        for p, q in ((x.A, y.A), (x.B, y.B)):
+            assert np.max(np.abs(p - q)) <= 1e-6 * np.max(np.abs(q))
+
+
+@pytest.mark.parametrize("change,what", [
+    (dict(rank=3), "rank"),
+    (dict(method="skip-lora"), "method"),
+    (dict(targets="hidden"), "targets"),
+    (dict(model="model-f32.s2lm", backend="float"), "model"),
+])
+def test_resume_refuses_another_setup(fixdir, change, what):
+    assert job(fixdir, epochs=1)[0] is None
+    before = (fixdir / "a.s2la").read_bytes()
+    err, _ = job(fixdir, epochs=2, resume=True, **change)
+    assert err.startswith("a.s2la: was saved for another model, method, rank or targets")
+    assert "start without --resume" in err and "\n" not in err
+    assert (fixdir / "a.s2la").read_bytes() == before
+
+
+def test_restore_api(fixdir):
+    """Trainer.restore directly: before any training only; epochs continue from the file."""
+    res, _ = run("""
+from s2l import Trainer, S2LError
+t = Trainer("model-int8.s2lm", "dataset-int8.s2ld", rank=2, lr=1/64, cache="c.s2lc", log=None)
+t.fit(2); t.save("x.s2la")
+t2 = Trainer("model-int8.s2lm", "dataset-int8.s2ld", rank=2, lr=1/64, cache="c.s2lc", log=None)
+n = t2.restore("x.s2la")
+t2.fit(1); t.fit(1)
+try:
+    t.restore("x.s2la"); err = None
+except S2LError as e:
+    err = str(e)
+RESULT(n=n, exact=t2.restored_exact, epochs=[t.epochs_done, t2.epochs_done],
+       same=[list(a) for a in t.ads[0].A32] == [list(a) for a in t2.ads[0].A32], err=err)
+""", fixdir)
+    assert res[0] == {"n": 2, "exact": True, "epochs": [3, 3], "same": True,
+                      "err": "x.s2la: restore() must come before any training"}
+
+
+def start_job(cwd, **kw):
+    path = Path(cwd) / "_job.py"
+    path.write_text(PRELUDE % str(DEVICE) + "import s2l.job\n" + call(**kw) + "\n")
+    return subprocess.Popen([micropython_binary(), "-X", "heapsize=192K", path.name], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+
+
+def interrupt_after(cwd, epoch, **kw):
+    """Start a job, send SIGINT once it has printed `epoch`'s line; returns (stdout, stderr)."""
+    proc = start_job(cwd, **kw)
+    out = []
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if line.startswith("S2L epoch=%d " % epoch):
+                proc.send_signal(signal.SIGINT)
+                break
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return "".join(out) + rest, err
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT"), reason="needs POSIX signals")
+def test_ctrl_c_keeps_the_last_epoch_and_resume_finishes_it(fixdir):
+    total = 300
+    err, _ = job(fixdir, epochs=total, adapters="full.s2la", cache="full.s2lc")
+    assert err is None
+    done = 0
+    for stop_at in (3, 120):  # interrupted twice, then resumed to the end
+        out, stderr = interrupt_after(fixdir, stop_at, epochs=total, resume=True)
+        assert "KeyboardInterrupt" in stderr
+        lines = s2l_lines(out)
+        assert "stopped" in lines[-1], out[-500:]
+        stopped = lines[-1]["stopped"]
+        last = [p["epoch"] for p in lines if "epoch" in p][-1]
+        assert last == stopped and stop_at <= stopped < total
+        assert (done == 0) or lines[0] == {"resume": done}
+        assert F.read_adapters(fixdir / "a.s2la").epochs_done == stopped  # valid, whole file
+        assert not list(fixdir.glob("*.tmp"))
+        done = stopped
+    err, out = job(fixdir, epochs=total, resume=True)
+    assert err is None and s2l_lines(out)[0] == {"resume": done}
+    assert (fixdir / "a.s2la").read_bytes() == (fixdir / "full.s2la").read_bytes()
+    assert (fixdir / "a.s2la.state").read_bytes() == (fixdir / "full.s2la.state").read_bytes()
+
+
+needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"),
+                                    reason="needs /dev/full for a real ENOSPC")
+
+
+@needs_dev_full
+@pytest.mark.parametrize("full", ["a.s2la.tmp", "a.s2la.state.tmp"])
+def test_flash_full_while_saving_keeps_the_adapters(fixdir, full):
+    """The save's temporary file is a link to /dev/full, so its write fails with a real
+    OSError 28 (ENOSPC) in the interpreter's own file code, as on a full flash."""
+    job(fixdir, epochs=4, adapters="full.s2la")
+    assert job(fixdir, epochs=2)[0] is None
+    before = {p: (fixdir / p).read_bytes() for p in ("a.s2la", "a.s2la.state")}
+    (fixdir / full).symlink_to("/dev/full")
+    err, out = job(fixdir, epochs=4, resume=True)
+    assert err == ("flash full while writing a.s2la; the previous adapters are intact; free "
+                   "space on the board's flash (delete files you do not need) and run again "
+                   "with --resume")
+    assert not (fixdir / full).exists() and not (fixdir / full).is_symlink()  # debris gone
+    ad = F.read_adapters(fixdir / "a.s2la")
+    if full == "a.s2la.tmp":  # the adapters of epoch 2 and their state, untouched
+        assert {p: (fixdir / p).read_bytes() for p in before} == before
+        assert "S2L epoch=3" not in out
+    else:  # epoch 3's adapters made it, their state did not: still a valid file
+        assert ad.epochs_done == 3 and (fixdir / "a.s2la.state").read_bytes() == before[
+            "a.s2la.state"]
+    err, out = job(fixdir, epochs=4, resume=True)  # space again: carries on
+    assert err is None and F.read_adapters(fixdir / "a.s2la").epochs_done == 4
+    if full == "a.s2la.tmp":
+        assert (fixdir / "a.s2la").read_bytes() == (fixdir / "full.s2la").read_bytes()
+    else:
+        assert "not bit for bit" in out
+
+
+@needs_dev_full
+def test_flash_full_while_building_the_cache(fixdir):
+    assert job(fixdir, epochs=1)[0] is None
+    before = (fixdir / "a.s2la").read_bytes()
+    (fixdir / "c.s2lc").unlink()
+    (fixdir / "c.s2lc.tmp").symlink_to("/dev/full")
+    err, _ = job(fixdir, epochs=3, resume=True)
+    assert err.startswith("flash full while writing c.s2lc; the previous adapters are intact")
+    assert (fixdir / "a.s2la").read_bytes() == before
+    assert not (fixdir / "c.s2lc.tmp").is_symlink() and not (fixdir / "c.s2lc").exists()
+
+
+def test_model_too_big_for_the_heap(tmp_path):
+    from skip2lora.compiler import compile_network
+    from skip2lora.network import Dense, Network
+    rng = np.random.default_rng(0)
+    dims = [2048, 96, 3]
+    net = Network([Dense(rng.standard_normal((dims[i + 1], dims[i])).astype(np.float32) / 40,
+                         np.zeros(dims[i + 1], np.float32)) for i in range(2)])
+    F.write_model(tmp_path / "m.s2lm", compile_network(net, dtype="int8", rank=4))
+    X = rng.random((4, dims[0])).astype(np.float32)
+    F.write_dataset(tmp_path / "d.s2ld", F.dataset_from_arrays(X, np.arange(4) % 3, 3, F.DTYPE_I8))
+    err, out = job(tmp_path, model="m.s2lm", data="d.s2ld", epochs=1)
+    line = [p for p in s2l_lines(out) if "error" in p]
+    assert line and line[0]["error"] == "memory" and line[0]["need"] == "model"
+    assert line[0]["free"] > 0
+    assert re.match(r"the model and dataset do not fit the board's heap \(out of memory at the "
+                    r"model stage\); use an int8 model, adapters on the hidden layers only "
+                    r"\(targets='hidden'\) or a smaller rank$", err)

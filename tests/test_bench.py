@@ -1,0 +1,137 @@
+"""`skip2lora bench` at a tiny scale: a 16-12-8-3 model on synthetic drift data, a fresh virtual
+board, every method and kernel backend. Checks the figures' keys, types and that they agree
+with each other; no timing is asserted (speed targets are benchmark figures, not tests)."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from skip2lora import bench
+from skip2lora.compiler import compile_network
+from skip2lora.data.synthetic import make_drift
+from skip2lora.formats import read_model, write_model
+from skip2lora.importers import import_model
+from skip2lora.pretrain import pretrain, save_torch
+
+DIMS = (16, 12, 8, 3)
+EPOCHS = {"skip2lora": 5, "skip2lora-hidden": 3, "skip-lora": 2, "skip2lora-float": 2,
+          "skip2lora-py": 2, "lora-all": 2, "ft-last": 2}
+CONFIG = bench.BenchConfig(scenarios=("tiny",), epochs=EPOCHS, epoch_points=(1, 2, 5, 10),
+                           target_epochs=5, kernel_shapes=((12, 16), (3, 8)), kernel_min_us=500,
+                           reference=True, quick=True)
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    sc = make_drift(n_features=DIMS[0], n_train=300, n_finetune=48, n_test=60, seed=3)
+    save_torch(pretrain(*sc.pretrain, dims=DIMS, epochs=30, seed=0), d / "model.pt")
+    net = import_model(d / "model.pt").network
+    write_model(d / "model.s2lm", compile_network(net, dtype="int8", rank=4))
+    scenario = bench.BenchScenario("tiny", d / "model.s2lm", sc.finetune, sc.test)
+    lines = []
+    figs = bench.run(CONFIG, [scenario], port=None, workdir=d / "work",
+                     log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    bench.write_json(figs, d / "bench.json")
+    bench.report(figs, d / "docs" / "BENCHMARKS.md")
+    return figs, json.loads((d / "bench.json").read_text()), d, lines
+
+
+def test_json_has_every_required_key_with_its_type(figures):
+    _, f, _, _ = figures
+    assert isinstance(f["ratio_skip2lora_vs_lora_all"], float)
+    assert set(f["accuracy"]) == set(EPOCHS)
+    for key, acc in f["accuracy"].items():
+        assert 0.0 <= acc <= 1.0
+    for key, em in f["epoch_ms"].items():
+        assert em["first"] > 0 and em["later"] > 0
+    assert set(f["heap_peak_bytes"]) == set(EPOCHS)
+    assert all(isinstance(v, int) and v > 0 for v in f["heap_peak_bytes"].values())
+    assert all(isinstance(v, int) for v in f["flash_written_bytes"].values())
+    for backend in ("viper", "py", "py-float", "native-float", "numpy-f32"):
+        assert f["kernel_us_per_mac"][backend] > 0
+    assert "ulab" in f["kernels_missing"]  # the unix port has no ulab
+    assert f["board"]["virtual"] and f["board"]["name"] == "micropython"
+    assert f["machine"]["python"] and f["settings"]["lr"] == CONFIG.lr
+
+
+def test_figures_agree_with_each_other(figures):
+    _, f, _, _ = figures
+    emax = str(max(CONFIG.epoch_points))
+    tot = f["total_ms"]
+    assert f["ratio_epochs"] == max(CONFIG.epoch_points)
+    assert math.isclose(f["ratio_skip2lora_vs_lora_all"],
+                        tot["skip2lora"][emax]["ms"] / tot["lora-all"][emax]["ms"])
+    assert math.isclose(f["ratio_skip2lora_vs_lora_all_same_arithmetic"],
+                        tot["skip2lora-float"][emax]["ms"] / tot["lora-all"][emax]["ms"])
+    P = f["scenarios"]["tiny"]
+    for key, n in EPOCHS.items():
+        ems = P["epoch_ms"][key]["all"]
+        assert len(ems) == n == P["epochs_trained"][key]
+        assert math.isclose(f["epoch_ms"][key]["first"], ems[0])
+        assert math.isclose(f["epoch_ms"][key]["later"], sum(ems[1:]) / (n - 1))
+        setup = P["epoch_ms"][key]["setup"]
+        for E, t in tot[key].items():
+            E = int(E)
+            assert t["measured"] == (E <= n)
+            want = setup + sum(ems[:E]) if E <= n else \
+                setup + sum(ems) + (E - n) * sum(ems[1:]) / (n - 1)
+            assert math.isclose(t["ms"], want)
+        # accuracy reported is the one at the last epoch trained
+        assert f["accuracy"][key] == P["accuracy_by_epoch"][key][str(n)]
+        assert P["flash_written_bytes"][key] == P["cache_bytes"][key] + P["adapter_bytes"][key]
+    for name, r in f["ratios"].items():
+        num = bench.COMPARISONS[name][0]
+        for E, v in r.items():
+            assert math.isclose(v, tot[num][E]["ms"] / tot["lora-all"][E]["ms"])
+    # only Skip2-LoRA keeps a cache; fixed point runs on viper, baselines in float
+    assert P["cache_bytes"]["skip2lora"] > 0 and P["cache_bytes"]["skip-lora"] == 0
+    assert P["cache_bytes"]["lora-all"] == 0
+    assert P["backend"]["skip2lora"] == "viper" and P["backend"]["skip2lora-py"] == "py"
+    assert P["backend"]["lora-all"] == P["backend"]["skip2lora-float"] == "float"
+    runs = P["runs"]
+    assert runs["skip2lora"]["cache_reads"][1:] == [P["n_finetune"]] * (EPOCHS["skip2lora"] - 1)
+    assert runs["skip2lora"]["cache_built"]
+    # MACs: the reference's count, Skip2-LoRA's later epochs cheaper than LoRA-All's
+    assert f["macs"]["skip2lora"]["later_per_sample"] < f["macs"]["lora-all"]["later_per_sample"]
+    assert f["macs"]["skip2lora"]["calibration_per_sample"] > 0
+    assert f["macs"]["skip2lora-float"]["calibration_per_sample"] == 0
+    sp = f["kernel_speedup_vs_py_float"]
+    assert math.isclose(sp["viper"], f["kernel_us_per_mac"]["py-float"]
+                        / f["kernel_us_per_mac"]["viper"])
+
+
+def test_same_training_on_every_backend_gives_the_same_model(figures):
+    _, f, _, _ = figures
+    runs = f["scenarios"]["tiny"]["runs"]
+    # viper and py are the same integers; skip-lora computes what skip2lora's cache holds
+    assert runs["skip2lora"]["losses"][:2] == runs["skip2lora-py"]["losses"]
+    assert runs["skip2lora"]["losses"][:2] == runs["skip-lora"]["losses"]
+
+
+def test_targets_and_report(figures):
+    figs, f, d, lines = figures
+    t = f["targets"]
+    assert {"time_cut_product", "time_cut_same_arithmetic", "accuracy_vs_lora_all",
+            "kernel_speedup", "heap_growth"} <= set(t)
+    cut = t["time_cut_product"]
+    assert math.isclose(cut["value_pct"], 100 * (1 - f["ratios"]["product"]["5"]))
+    assert cut["met"] == (cut["value_pct"] >= 90)
+    md = (d / "docs" / "BENCHMARKS.md").read_text()
+    for text in ("## Where it ran", "## Targets", "## Kernels", "## On a real board",
+                 "## Closing note", "bench_time.png", "bench_accuracy.png", "RP2040", "ESP32",
+                 "extrapolat"):
+        assert text in md
+    assert (d / "docs" / "bench_time.png").stat().st_size > 1000
+    assert (d / "docs" / "bench_accuracy.png").stat().st_size > 1000
+    # one progress line per epoch of every run
+    assert sum("epoch" in line and "/" in line for line in lines) == sum(EPOCHS.values())
+    assert bench.headline_lines(figs)
+
+
+def test_bench_command_is_registered():
+    from skip2lora.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--quick", "--json", "x.json"])
+    assert args.quick and args.json == "x.json" and args.port is None

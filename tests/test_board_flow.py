@@ -1,0 +1,128 @@
+"""End to end: the real `skip2lora` and `mpremote` commands against a virtual board.
+
+Each command runs in its own process, as a user runs it; what they print, what lands on the
+flash image and what the board predicts are checked against the host's own readers.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from skip2lora.data.synthetic import make_drift
+from skip2lora.formats import DTYPE_F32, dataset_from_arrays, read_adapters, write_dataset
+from skip2lora.pretrain import pretrain, save_torch
+from skip2lora.vboard import VirtualBoard, open_image
+
+DIMS = (16, 12, 8, 3)
+
+
+def skip2lora(*args, check=True, timeout=300):
+    done = subprocess.run([sys.executable, "-m", "skip2lora", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def mpremote(port, *args):
+    mp = os.path.join(os.path.dirname(sys.executable), "mpremote")
+    done = subprocess.run([mp, "connect", port, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A small pre-trained model compiled to int8, its drift data, and a running board."""
+    d = tmp_path_factory.mktemp("flow")
+    sc = make_drift(n_features=DIMS[0], n_train=300, n_finetune=240, n_test=120, seed=3)
+    save_torch(pretrain(*sc.pretrain, dims=DIMS, epochs=30, seed=0), d / "model.pt")
+    np.savez(d / "finetune.npz", x=sc.finetune[0], y=sc.finetune[1])
+    np.savez(d / "test.npz", x=sc.test[0], y=sc.test[1])
+    skip2lora("compile", d / "model.pt", "-o", d / "model.s2lm", "--dtype", "int8")
+    with VirtualBoard(d / "flash.img", heap="192K", flash="2M", run_dir=d / "run") as board:
+        yield d, sc, board
+
+
+def test_flash_lands_on_the_image_and_skips_unchanged_files(work):
+    d, _, board = work
+    first = skip2lora("flash", d / "model.s2lm", "--port", board.port)
+    assert "all verified by sha256" in first.stdout
+    assert ".mpy for x64" in first.stdout
+    fs = open_image(d / "flash.img")
+    with fs.open("/skip2lora/model.s2lm", "rb") as f:
+        assert f.read() == (d / "model.s2lm").read_bytes()
+    shipped = fs.listdir("/lib/s2l")
+    assert "train.mpy" in shipped and "job.mpy" in shipped
+    with fs.open("/lib/s2l/train.mpy", "rb") as f:
+        assert f.read(2) == b"M\x06"  # .mpy magic and version 6
+    again = skip2lora("flash", d / "model.s2lm", "--port", board.port)
+    assert " 0 written" in again.stdout and "unchanged /skip2lora/model.s2lm" in again.stdout
+
+
+def test_package_imports_after_a_soft_reset(work):
+    _, _, board = work
+    mpremote(board.port, "soft-reset")
+    out = mpremote(board.port, "exec", "import s2l, sys; print('ok', 's2l' in sys.modules)")
+    assert "ok True" in out
+
+
+def test_finetune_pull_export_and_board_predictions_match_onnxruntime(work):
+    d, sc, board = work
+    tuned = skip2lora("finetune", "--port", board.port, "--data", d / "finetune.npz",
+                      "--epochs", 3, "--lr", 0.01)
+    assert "done: epoch 3" in tuned.stdout, tuned.stdout + tuned.stderr
+    pulled = skip2lora("pull", "--port", board.port, "-o", d / "adapters")
+    assert "3 epochs, CRC ok" in pulled.stdout
+    af = read_adapters(d / "adapters" / "adapters.s2la")
+    assert af.epochs_done == 3 and af.method == "skip2lora" and len(af.adapters) == 3
+    assert any(np.abs(a.B).max() > 0 for a in af.adapters)  # the board really trained
+    assert (d / "adapters" / "adapter_model.safetensors").exists()
+    skip2lora("export", d / "model.s2lm", "--adapters", d / "adapters", "-o", d / "adapted.onnx")
+
+    # the board's own predictions on the held-out set, with the pulled adapters loaded
+    x_test, y_test = sc.test
+    write_dataset(d / "test.s2ld", dataset_from_arrays(x_test, y_test, 3, DTYPE_F32))
+    mpremote(board.port, "fs", "cp", str(d / "test.s2ld"), ":/skip2lora/test.s2ld")
+    script = ("from s2l import Model, Dataset\nfrom array import array\n"
+              "m = Model('/skip2lora/model.s2lm'); m.load_adapters('/skip2lora/adapters.s2la')\n"
+              "ds = Dataset('/skip2lora/test.s2ld'); x = array('f', [0.0] * ds.n_features)\n"
+              "out = []\nfor k in range(ds.n):\n ds.read(k)\n"
+              " for i in range(ds.n_features):\n  x[i] = ds.x[i]\n out.append(m.predict(x))\n"
+              "print('PRED', ''.join(str(p) for p in out))\n")
+    out = mpremote(board.port, "exec", script)
+    board_pred = np.array([int(c) for c in out.split("PRED ")[1].strip()])
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(d / "adapted.onnx"))
+    logits = session.run(None, {session.get_inputs()[0].name: x_test.astype(np.float32)})[0]
+    np.testing.assert_array_equal(board_pred, logits.argmax(1))
+
+
+def test_ctrl_c_keeps_last_finished_epoch_then_resume_finishes(work):
+    d, _, board = work
+    cmd = [sys.executable, "-m", "skip2lora", "finetune", "--port", board.port, "--data",
+           d / "finetune.npz", "--epochs", 400, "--backend", "float", "--seed", 1]
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(6)
+    busy = skip2lora("pull", "--port", board.port, "-o", d / "busy", check=False)
+    assert busy.returncode == 2 and "in use" in busy.stderr
+    assert busy.stderr.count("\n") == 1  # one line, no traceback
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "stopped on the board after epoch" in out
+    stopped = int(out.split("after epoch ")[1].split(";")[0])
+    assert 1 <= stopped < 400
+    skip2lora("pull", "--port", board.port, "-o", d / "stopped")
+    assert read_adapters(d / "stopped" / "adapters.s2la").epochs_done == stopped
+    total = stopped + 2
+    resumed = skip2lora("finetune", "--port", board.port, "--data", d / "finetune.npz",
+                        "--epochs", total, "--backend", "float", "--seed", 1, "--resume")
+    assert f"done: epoch {total}" in resumed.stdout, resumed.stdout + resumed.stderr
