@@ -5,6 +5,7 @@ the raw REPL and turns the board's one-line-per-epoch reports into a progress ba
 saves the adapters after every finished epoch, so Ctrl-C (or a cut link) loses at most the
 epoch in progress, and --resume continues from the last one saved.
 """
+import sys
 from pathlib import Path
 
 from skip2lora.commands.flash import add_port_argument
@@ -70,16 +71,25 @@ def job_call(args, data_path):
 
 
 class Progress:
-    """Feeds the board's `S2L ...` lines to a tqdm bar; other output is printed as is."""
+    """Turns the board's `S2L ...` lines into a progress bar on a terminal, or into one plain
+    line per epoch when the output goes to a log; other board output is printed as is."""
 
     def __init__(self, epochs):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=epochs, unit="epoch", desc="fine-tuning on the board",
-                        dynamic_ncols=True)
+        self.epochs = epochs
         self.pending = b""
         self.records = []
-        self.other = []
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=epochs, unit="epoch", desc="fine-tuning on the board",
+                            dynamic_ncols=True)
+
+    def say(self, text):
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
 
     def feed(self, chunk):
         self.pending += chunk
@@ -92,19 +102,24 @@ class Progress:
         if record is None:
             text = line.decode(errors="replace").rstrip()
             if text:
-                self.other.append(text)
-                self.bar.write(text)
-            return
-        if "epoch" in record and "loss" in record:
+                self.say(text)
+        elif "epoch" in record and "loss" in record:
             self.records.append(record)
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{100 * record['acc']:.1f}%",
-                                 ms=record["ms"], cache=record.get("cache_reads", 0))
+            summary = (f"loss {record['loss']:.4f}, train acc {100 * record['acc']:.1f} %, "
+                       f"{record['ms']} ms, {record.get('cache_reads', 0)} samples from the cache")
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix_str(summary)
+            else:
+                self.say(f"  epoch {record['epoch']}/{self.epochs}: {summary}")
         elif "resume" in record:
-            self.bar.update(int(record["resume"]))
+            if self.bar is not None:
+                self.bar.update(int(record["resume"]))
+            self.say(f"  resuming after epoch {record['resume']} (adapters saved on the board)")
 
     def close(self):
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run(args):
