@@ -48,11 +48,17 @@ def work(tmp_path_factory):
         yield d, sc, board
 
 
-def test_flash_lands_on_the_image_and_skips_unchanged_files(work):
-    d, _, board = work
-    first = skip2lora("flash", d / "model.s2lm", "--port", board.port)
-    assert "all verified by sha256" in first.stdout
-    assert ".mpy for x64" in first.stdout
+@pytest.fixture(scope="module")
+def flashed(work):
+    """The board after a first `skip2lora flash`, and what that command printed."""
+    d, sc, board = work
+    return d, sc, board, skip2lora("flash", d / "model.s2lm", "--port", board.port).stdout
+
+
+def test_flash_lands_on_the_image_and_skips_unchanged_files(flashed):
+    d, _, board, first = flashed
+    assert "all verified by sha256" in first
+    assert ".mpy for x64" in first
     fs = open_image(d / "flash.img")
     with fs.open("/skip2lora/model.s2lm", "rb") as f:
         assert f.read() == (d / "model.s2lm").read_bytes()
@@ -64,15 +70,15 @@ def test_flash_lands_on_the_image_and_skips_unchanged_files(work):
     assert " 0 written" in again.stdout and "unchanged /skip2lora/model.s2lm" in again.stdout
 
 
-def test_package_imports_after_a_soft_reset(work):
-    _, _, board = work
+def test_package_imports_after_a_soft_reset(flashed):
+    _, _, board, _ = flashed
     mpremote(board.port, "soft-reset")
     out = mpremote(board.port, "exec", "import s2l, sys; print('ok', 's2l' in sys.modules)")
     assert "ok True" in out
 
 
-def test_finetune_pull_export_and_board_predictions_match_onnxruntime(work):
-    d, sc, board = work
+def test_finetune_pull_export_and_board_predictions_match_onnxruntime(flashed):
+    d, sc, board, _ = flashed
     tuned = skip2lora("finetune", "--port", board.port, "--data", d / "finetune.npz",
                       "--epochs", 3, "--lr", 0.01)
     assert "done: epoch 3" in tuned.stdout, tuned.stdout + tuned.stderr
@@ -104,8 +110,8 @@ def test_finetune_pull_export_and_board_predictions_match_onnxruntime(work):
     np.testing.assert_array_equal(board_pred, logits.argmax(1))
 
 
-def test_ctrl_c_keeps_last_finished_epoch_then_resume_finishes(work):
-    d, _, board = work
+def test_ctrl_c_keeps_last_finished_epoch_then_resume_finishes(flashed):
+    d, _, board, _ = flashed
     cmd = [sys.executable, "-m", "skip2lora", "finetune", "--port", board.port, "--data",
            d / "finetune.npz", "--epochs", 400, "--backend", "float", "--seed", 1]
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
