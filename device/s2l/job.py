@@ -10,6 +10,7 @@
 import gc
 
 from .compat import S2LError, exists, remove
+from .formats import read_adapters
 from .model import Model
 from .train import Trainer
 
@@ -23,6 +24,13 @@ def _flash_full(e):
     return "Errno 28" in str(e) or "ENOSPC" in str(e)
 
 
+def _epochs_on_flash(path):
+    try:
+        return read_adapters(path)["epochs_done"]
+    except Exception:
+        return 0
+
+
 def finetune(model, data, adapters, cache=None, method="skip2lora", epochs=20, lr=0.01,
              batch_size=1, seed=0, resume=False, backend=None, rank=None, momentum=0.0,
              targets=None):
@@ -32,8 +40,10 @@ def finetune(model, data, adapters, cache=None, method="skip2lora", epochs=20, l
     shown = [0]  # the last epoch whose line was printed
 
     def log(line):
-        print(line)
-        shown[0] = t.history[-1]["epoch"]
+        try:
+            print(line)
+        finally:  # a Ctrl-C right after the line must not print it twice
+            shown[0] = t.history[-1]["epoch"]
 
     stage = "model"
     try:
@@ -59,11 +69,13 @@ def finetune(model, data, adapters, cache=None, method="skip2lora", epochs=20, l
             t.fit(1, save=adapters)
             t.history = t.history[-1:]  # a long run must not grow the heap
     except KeyboardInterrupt:
-        done = 0
-        if t is not None:
+        if stage == "training":
             done = t.saved_epochs
-            if done > shown[0]:  # saved, but stopped before its line went out
+            if done > shown[0] and t.history:  # saved, but stopped before its line
                 print(t.progress_line(t.history[-1]))
+        else:  # stopped while loading: flash holds what it held
+            done = _epochs_on_flash(adapters) if resume else 0
+        if t is not None:
             if t.cache_path:
                 remove(t.cache_path + ".tmp")  # a cache build cut short
             t.close()

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -97,9 +96,9 @@ class BenchConfig:
 
 FULL = BenchConfig(
     epochs={"skip2lora": 50, "skip2lora-hidden": 50, "skip-lora": 50, "skip2lora-float": 20,
-            "skip2lora-py": 3, "lora-all": 20, "ft-last": 3},
+            "skip2lora-py": 5, "lora-all": 20, "ft-last": 5},
     epochs_other={"skip2lora": 50, "skip2lora-hidden": 50, "skip-lora": 50,
-                  "skip2lora-float": 3, "lora-all": 3, "ft-last": 3})
+                  "skip2lora-float": 5, "lora-all": 5, "ft-last": 5})
 QUICK = BenchConfig(
     scenarios=(PRIMARY,), n_samples=120, kernel_min_us=4000, reference=False, quick=True,
     epochs={"skip2lora": 20, "skip2lora-hidden": 20, "skip-lora": 5, "skip2lora-float": 2,
@@ -223,18 +222,6 @@ class _Lines:
                 self.other.append(line.decode(errors="replace"))
 
 
-# "/s2l" (link.BOARD_DIR, where model and data live) shadows the package "/lib/s2l" when
-# the current directory is "/" and sys.path starts with "" (MicroPython imports a directory
-# without __init__ as a package): the package directory goes first for the bench's imports.
-IMPORT_PRELUDE = "import sys\nsys.path.insert(0, %r)\n"
-
-
-def _prelude():
-    from skip2lora.link import BOARD_LIB
-
-    return IMPORT_PRELUDE % BOARD_LIB.rsplit("/", 1)[0]
-
-
 def soft_reset(link):
     """A fresh interpreter (clean heap, nothing imported) before each timed run."""
     link.transport.enter_raw_repl(soft_reset=True)
@@ -264,9 +251,8 @@ class _ImageWatch:
 def board_kernels(link, shapes, min_us, log=print):
     soft_reset(link)
     lines = _Lines()
-    link.run(_prelude() + "from s2l import bench\nbench.kernels(%r, %d)\n" % ([list(s) for s in shapes],
-                                                                 min_us),
-             on_output=lines.feed, timeout=600)
+    code = "from s2l import bench\nbench.kernels(%r, %d)\n" % ([list(s) for s in shapes], min_us)
+    link.run(code, on_output=lines.feed, timeout=600)
     out, missing = {}, []
     for r in lines.results:
         if r.get("missing"):
@@ -289,11 +275,12 @@ def board_run(link, spec, epochs, config, scenario_name, image_watch, log=print)
 
     save_at = _checkpoints(epochs, config.epoch_points)
     adapters = BOARD_DIR + "/bench_e%d.s2la"
-    call = _prelude() + ("from s2l import bench\nbench.train(%r, %r, method=%r, backend=%r, targets=%r, "
-            "epochs=%d, lr=%r, rank=%d, seed=%d, cache=%r, adapters=%r, save_at=%r)\n"
-            % (BOARD_MODEL, BOARD_DATASET, spec.method, spec.backend, spec.targets, epochs,
-               config.lr, config.rank, config.seed,
-               BOARD_CACHE if spec.method == "skip2lora" else None, adapters, save_at))
+    call = (
+        "from s2l import bench\nbench.train(%r, %r, method=%r, backend=%r, targets=%r, "
+        "epochs=%d, lr=%r, rank=%d, seed=%d, cache=%r, adapters=%r, save_at=%r)\n"
+        % (BOARD_MODEL, BOARD_DATASET, spec.method, spec.backend, spec.targets, epochs,
+           config.lr, config.rank, config.seed,
+           BOARD_CACHE if spec.method == "skip2lora" else None, adapters, save_at))
     short = scenario_name.split("-to-")[-1]
 
     def progress(rec):
@@ -317,6 +304,7 @@ def board_run(link, spec, epochs, config, scenario_name, image_watch, log=print)
     res["train_acc"] = [e["acc"] for e in lines.epochs]
     res["cache_reads"] = [e["cache_reads"] for e in lines.epochs]
     res["wall_s"] = wall
+    res["host_load"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     res["adapters"] = {}
     for e, path, save_us, size in res["saves"]:
         res["adapters"][e] = link.read_file(path)
@@ -484,9 +472,10 @@ def scenario_figures(sc, runs, config, kernels_us):
                                     if us_mac else None)
         f["c_speed_ms"][key] = ({E: m * c_mac / 1000 for E, m in macs["total"].items()}
                                 if c_mac else None)
-        f["runs"][key] = {k: res[k] for k in ("setup_us", "epoch_us", "heap_base", "heap_built",
-                                              "heap_before", "heap_after", "heap_total", "cache_bytes", "cache_built",
-                                              "losses", "train_acc", "cache_reads", "wall_s")}
+        f["runs"][key] = {k: res[k] for k in (
+            "setup_us", "epoch_us", "heap_base", "heap_built", "heap_before", "heap_after",
+            "heap_total", "cache_bytes", "cache_built", "losses", "train_acc", "cache_reads",
+            "wall_s", "host_load")}
         f["runs"][key]["saves"] = [s[:1] + s[2:] for s in res["saves"]]
     f["ratios"] = {}
     if "lora-all" in f["total_ms"]:
@@ -610,8 +599,8 @@ def run(config, scenarios, port=None, workdir="out/bench", log=print):
                     done[what] = reference_accuracy(net, Xq, sc.finetune[1], *sc.test, spec,
                                                     config, config.target_epochs)
                 f["reference_accuracy"][key] = done[what]
-            log(f"host reference accuracy at {config.target_epochs} epochs ({sc.name}): " + ", ".join(
-                f"{k} {100 * v:.1f} %" for k, v in f["reference_accuracy"].items()))
+            log(f"host reference accuracy at {config.target_epochs} epochs ({sc.name}): "
+                + ", ".join(f"{k} {100 * v:.1f} %" for k, v in f["reference_accuracy"].items()))
         f["targets"] = assess(f, kern, config)
         figures["scenarios"][sc.name] = f
     primary = figures["scenarios"][scenarios[0].name]
@@ -652,6 +641,13 @@ def run(config, scenarios, port=None, workdir="out/bench", log=print):
         "macs": primary["macs"],
         "targets": primary["targets"],
     })
+    means = {}
+    for name in COMPARISONS:
+        per = [f["ratios"].get(name, {}) for f in figures["scenarios"].values()]
+        es = set.intersection(*(set(r) for r in per)) if per else set()
+        if es:
+            means[name] = {E: sum(r[E] for r in per) / len(per) for E in sorted(es, key=int)}
+    figures["ratios_mean"] = means
     figures["projection_rp2040"] = project_rp2040(figures)
     figures["elapsed_s"] = time.time() - started
     return figures
@@ -673,6 +669,10 @@ def _ms(x):
     return f"{x:.1f} ms"
 
 
+def _spread(xs):
+    return f"({_ms(min(xs))} – {_ms(max(xs))})" if xs else ""
+
+
 def plot(figures, outdir):
     """docs/bench_time.png, docs/bench_accuracy.png; returns their paths."""
     import matplotlib
@@ -683,23 +683,24 @@ def plot(figures, outdir):
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     names = list(figures["scenarios"])
+    colors = {k: plt.cm.tab10(i) for i, k in enumerate(RUNS)}
+    points = [str(E) for E in figures["settings"]["epoch_points"]]
+    emax = max(figures["settings"]["epoch_points"])
     paths = []
     fig, axes = plt.subplots(1, len(names), figsize=(6.2 * len(names), 4.4), squeeze=False)
     for ax, name in zip(axes[0], names):
         f = figures["scenarios"][name]
-        emax = max(figures["settings"]["epoch_points"])
         for key, em in f["epoch_ms"].items():
-            ems = em["all"]
-            later = em["later"]
-            xs = np.arange(0, emax + 1)
+            ems, later = em["all"], em["later"]
             cum = [em["setup"]]
             for e in range(1, emax + 1):
-                cum.append(cum[-1] + (ems[e - 1] if e <= len(ems) else later))
+                cum.append(cum[-1] + (ems[e - 1] if e <= len(ems) else (later or 0)))
             cum = np.array(cum) / 1000
+            xs = np.arange(0, emax + 1)
             n = len(ems)
-            line, = ax.plot(xs[:n + 1], cum[:n + 1], label=key, lw=1.8)
-            if n < emax:
-                ax.plot(xs[n:], cum[n:], ls="--", color=line.get_color(), lw=1.2)
+            ax.plot(xs[:n + 1], cum[:n + 1], label=key, lw=1.8, color=colors[key])
+            if n < emax and later:
+                ax.plot(xs[n:], cum[n:], ls="--", color=colors[key], lw=1.2)
         ax.set_yscale("log")
         ax.set_xlabel("epochs")
         ax.set_ylabel("cumulative fine-tuning time on the board (s)")
@@ -713,21 +714,37 @@ def plot(figures, outdir):
     paths.append(p)
 
     fig, axes = plt.subplots(1, len(names), figsize=(6.2 * len(names), 4.4), squeeze=False)
+    shades = plt.cm.Blues(np.linspace(0.35, 0.95, len(points)))
     for ax, name in zip(axes[0], names):
         f = figures["scenarios"][name]
-        keys = list(f["accuracy"])
-        vals = [100 * f["accuracy"][k] for k in keys]
-        bars = ax.bar(range(len(keys)), vals, color="#4c72b0")
-        for b, k, v in zip(bars, keys, vals):
-            ax.text(b.get_x() + b.get_width() / 2, v + 0.5, f"{v:.1f}\n({f['epochs_trained'][k]}"
-                    f" ep)", ha="center", va="bottom", fontsize=7)
+        keys = list(f["accuracy_by_epoch"])
+        odd = {k: f["epochs_trained"][k] for k in keys if str(f["epochs_trained"][k]) not in points}
+        groups = points + (["last"] if odd else [])
+        width = 0.8 / len(groups)
+        for j, E in enumerate(groups):
+            xs = [i - 0.4 + (j + 0.5) * width for i in range(len(keys))]
+            if E == "last":
+                vals = [100 * f["accuracy"][k] if k in odd else np.nan for k in keys]
+                ax.bar(xs, vals, width, color="0.75", hatch="//", label="board, last epoch run")
+                for x, k in zip(xs, keys):
+                    if k in odd:
+                        ax.text(x, 100 * f["accuracy"][k] + 1, f"{odd[k]}", ha="center",
+                                fontsize=6)
+                continue
+            vals = [100 * f["accuracy_by_epoch"][k].get(E, np.nan) for k in keys]
+            ax.bar(xs, vals, width, color=shades[j], label=f"board, {E} ep")
+        ref = f.get("reference_accuracy") or {}
+        if ref:
+            T = str(figures["settings"]["target_epochs"])
+            ax.plot(range(len(keys)), [100 * ref.get(k, np.nan) for k in keys], "k_", ms=14,
+                    mew=2, label=f"host reference, {T} ep")
         ax.axhline(100 * f["baseline_accuracy"], color="crimson", ls=":",
                    label=f"before fine-tuning {100 * f['baseline_accuracy']:.1f} %")
         ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, 110)
+        ax.set_ylim(0, 105)
         ax.set_ylabel("test accuracy, target room's 2nd recording (%)")
         ax.set_title(f"{name}: accuracy after fine-tuning on the board", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="lower left", ncol=2)
     fig.tight_layout()
     p = outdir / "bench_accuracy.png"
     fig.savefig(p, dpi=110)
@@ -810,7 +827,9 @@ def report(figures, path, png_dir=None):
       "the adapters back and scores them on the target room's held-out recording.\n")
     w("## Where it ran\n")
     w("| | |\n|---|---|")
-    w(f"| board | {b['describe']} ({'virtual board: MicroPython unix port behind a pty, see docs/virtual-board.md' if b['virtual'] else b['port']}) |")
+    where = ("virtual board: MicroPython unix port behind a pty, see docs/virtual-board.md"
+             if b["virtual"] else b["port"])
+    w(f"| board | {b['describe']} ({where}) |")
     w(f"| interpreter | {b['name']} {b['version']} ({b['platform']}, .mpy arch {b['arch']}) |")
     w(f"| host machine | {m['cpu']}, {m['cores']} cores, {m['os']} ({m['machine']}) |")
     w(f"| host reference | CPython {m['python']}, numpy {m['numpy']} |")
@@ -824,18 +843,56 @@ def report(figures, path, png_dir=None):
           "*between* methods of the same kind of code; the section *On a real board* says how "
           "each figure moves and which ones only a board can settle.\n")
 
+    spread = []
+    for n, f in F["scenarios"].items():
+        for key, em in f["epoch_ms"].items():
+            later = em["all"][1:]
+            if len(later) >= 2 and min(later) > 0:
+                spread.append((max(later) / min(later), key, n, min(later), max(later)))
+    loads = [r.get("host_load") for f in F["scenarios"].values() for r in f["runs"].values()
+             if r.get("host_load") is not None]
+    if spread:
+        x, key, n, lo, hi = max(spread)
+        busy = (f" The host's 1-minute load average after the runs reached {max(loads):.1f} "
+                f"on {m['cores']} cores (the board uses one)"
+                + (": other jobs shared the machine during the benchmark." if max(loads) > 1.5
+                   else ".") if loads else "")
+        w(f"**Timing noise.** The host is a shared {m['cores']}-core virtual machine: later "
+          f"epochs of one run, the same work each time, differ by up to {100 * (x - 1):.0f} % "
+          f"({key}, {n}: {_ms(lo)} to {_ms(hi)}).{busy} Ratios built from extrapolated totals "
+          f"carry that uncertainty; measured totals average it out over their epochs, and the "
+          f"two scenarios give two independent estimates of each ratio.\n")
+
     # ---------------------------------------------------------------- headline
     w("## Headline\n")
     t = P["targets"]
     rp, rs = P["ratios"].get("product", {}), P["ratios"].get("same_arithmetic", {})
     rh = P["ratios"].get("hidden_only", {})
-    w(f"Scenario {F['primary_scenario']}, {P['n_finetune']} fine-tuning samples, "
-      f"{T} epochs:\n")
-    w("| comparison | Skip2-LoRA / LoRA-All time | cut |\n|---|---|---|")
-    for name, r in (("product", rp), ("same_arithmetic", rs), ("hidden_only", rh)):
-        if T in r:
-            w(f"| {COMPARISONS[name][1]} | {r[T]:.4f} | **{100 * (1 - r[T]):.1f} %** |")
+    names = list(F["scenarios"])
+    multi = len(names) > 1
+    full = P["epochs_trained"].get("lora-all", 0) >= int(T)
+    w(f"Fine-tuning time at {T} epochs, Skip2-LoRA / LoRA-All (cut in brackets); "
+      f"{F['primary_scenario']} is the primary scenario"
+      + (f", where LoRA-All and float Skip2-LoRA train the full {T} epochs on the board"
+         if full else "") + ":\n")
+    w("| comparison | " + " | ".join(f"{n} ({F['scenarios'][n]['n_finetune']} samples)"
+                                     for n in names) + (" | mean |" if multi else " |"))
+    w("|---|" + "---|" * (len(names) + (1 if multi else 0)))
+    for name in ("product", "same_arithmetic", "hidden_only"):
+        cells = []
+        for n in names:
+            r = F["scenarios"][n]["ratios"].get(name, {})
+            ext = not (F["scenarios"][n]["total_ms"].get(COMPARISONS[name][0], {}).get(T, {})
+                       .get("measured") and F["scenarios"][n]["total_ms"]["lora-all"][T]
+                       ["measured"]) if T in r else False
+            cells.append(f"{r[T]:.4f} (**{100 * (1 - r[T]):.1f} %**){' *' if ext else ''}"
+                         if T in r else "–")
+        mean = F.get("ratios_mean", {}).get(name, {}).get(T)
+        if multi:
+            cells.append("–" if mean is None else f"{mean:.4f} ({100 * (1 - mean):.1f} %)")
+        w(f"| {COMPARISONS[name][1]} | " + " | ".join(cells) + " |")
     w("")
+    w("\\* extrapolated from the measured epochs (see the per-scenario tables).\n")
     if "accuracy_vs_lora_all" in t:
         a = t["accuracy_vs_lora_all"]
         w(f"Accuracy after {T} epochs: Skip2-LoRA {_pct(a['skip2lora'])} "
@@ -863,12 +920,15 @@ def report(figures, path, png_dir=None):
           f"{'met' if a['met'] else '**missed by %.1f pt**' % a['short_by_pt']} |")
     if "kernel_speedup" in t:
         k = t["kernel_speedup"]
+        status = "met here" if k["met"] else "**missed by %.0fx**" % (50 - k["value_x"])
         w(f"| fast kernel >= 50x the pure-Python float kernel per MAC | {k['value_x']:.0f}x "
-          f"(this host) | {'met here' if k['met'] else '**missed by %.0fx**' % (50 - k['value_x'])} |")
+          f"(this host) | {status} |")
     if "heap_growth" in t:
         h = t["heap_growth"]
-        w(f"| no heap growth across an epoch | worst {h['worst_bytes']:+d} B over all runs | "
-          f"{'met (within the 64 B of conservative-GC noise docs/device.md allows)' if h['met'] else '**missed**'} |")
+        status = ("met (within the 64 B of conservative-GC noise docs/device.md allows)"
+                  if h["met"] else "**missed**")
+        w(f"| no heap growth across an epoch | worst {h['worst_bytes']:+d} B per epoch, net "
+          f"{h['worst_net_bytes'] or 0:+d} B over a run | {status} |")
     w("")
 
     # ---------------------------------------------------------------- time per method
@@ -879,8 +939,8 @@ def report(figures, path, png_dir=None):
           + " ".join(f["notes"]))
         w("")
         pts = [str(E) for E in st["epoch_points"]]
-        w("| run | backend | trainable params | epochs run | setup | epoch 1 | later epoch (mean) | "
-          + " | ".join(f"total E={E}" for E in pts) + " | accuracy after |")
+        w("| run | backend | trainable params | epochs run | setup | epoch 1 | later epoch: mean "
+          "(min – max) | " + " | ".join(f"total E={E}" for E in pts) + " | accuracy after |")
         w("|---|---|---|---|---|---|---|" + "---|" * len(pts) + "---|")
         for key, em in f["epoch_ms"].items():
             tot = f["total_ms"][key]
@@ -888,7 +948,7 @@ def report(figures, path, png_dir=None):
                      if E in tot else "–" for E in pts]
             w(f"| {key} | {f['backend'][key]} | {f['trainable_params'][key]:,} | "
               f"{f['epochs_trained'][key]} | {_ms(em['setup'])} | {_ms(em['first'])} | "
-              f"{_ms(em['later'])} | " + " | ".join(cells)
+              f"{_ms(em['later'])} {_spread(em['all'][1:])} | " + " | ".join(cells)
               + f" | {_pct(f['accuracy'][key])} ({f['epochs_trained'][key]} ep) |")
         w("")
         w("Totals are setup (Trainer built, adapters drawn) + every epoch. Epoch 1 of "
@@ -988,16 +1048,17 @@ def report(figures, path, png_dir=None):
     w("")
 
     # ---------------------------------------------------------------- lower bound
-    w("## Time against the arithmetic lower bound\n")
+    w("## Time against the arithmetic bound\n")
     w(f"Multiply-adds per sample from the reference's own counters "
       f"(`reference.count_macs`, forward + backward, frozen pass included), plus, for the "
       f"fixed-point path, the calibration passes of its first "
-      f"epoch (L-1 streaming frozen passes). Lower bound = MACs x the board's µs/MAC of the "
-      f"run's kernel ({shapes[0]}: viper or py for fixed point, py-float for float); C speed = "
-      f"MACs x numpy float32 per-call µs/MAC on this host. Scenario {F['primary_scenario']}, "
-      f"{T} epochs.\n")
-    w("| run | MACs/sample epoch 1 | MACs/sample later | MACs total | measured | lower bound "
-      "| measured / bound | at C speed |")
+      f"epoch (L-1 streaming frozen passes). *Arithmetic* = MACs x the board's µs/MAC of the "
+      f"run's kernel in the microbenchmark ({shapes[0]}: viper or py for fixed point, py-float "
+      f"for float): the time the run would take doing nothing but its multiply-adds, its lower "
+      f"bound for this code. *C speed* = MACs x numpy float32 per-call µs/MAC on this host, "
+      f"what compiled code would give. Scenario {F['primary_scenario']}, {T} epochs.\n")
+    w("| run | MACs/sample epoch 1 | MACs/sample later | MACs total | measured | arithmetic "
+      "| measured / arithmetic | at C speed |")
     w("|---|---|---|---|---|---|---|---|")
     for key, mc in P["macs"].items():
         tot = P["total_ms"][key].get(T)
@@ -1009,8 +1070,11 @@ def report(figures, path, png_dir=None):
           f"{_ms(meas)}{'' if not tot or tot['measured'] else ' *'} | {_ms(lb)} | "
           f"{'–' if not (meas and lb) else f'{meas / lb:.1f}x'} | {_ms(cs)} |")
     w("")
-    w("Where *measured / bound* is large, the time goes to interpreted Python around the "
-      "kernels (per-sample glue: record reads, softmax, kernel calls), not to arithmetic.\n")
+    w("Near 1: the run is arithmetic-bound. Well above 1: the time goes to interpreted Python "
+      "around the kernels (per-sample glue: record reads, softmax, the kernel calls, the float "
+      "path's update loops, which count no MACs). Below 1: the run's own loops ran faster than "
+      "the microbenchmarked kernel, from timing noise on this shared VM and because the float "
+      "kernel's garbage-collection cost depends on the heap's state.\n")
 
     # ---------------------------------------------------------------- plots
     w("## Plots\n")
@@ -1045,8 +1109,9 @@ def report(figures, path, png_dir=None):
             a, c = proj["product_ratio"]
             w(f"Projected Skip2-LoRA (viper) / LoRA-All (float) at {T} epochs on an RP2040: "
               f"{a:.4f} – {c:.4f} ({100 * (1 - c):.1f} – {100 * (1 - a):.1f} % cut); "
-              f"same arithmetic (both float): {proj['same_arithmetic_ratio']:.4f} "
-              f"(both slow down alike; only the cache's flash writes move it).\n" if proj.get("same_arithmetic_ratio")
+              f"same arithmetic (both float): {proj['same_arithmetic_ratio']:.4f} (both "
+              f"slow down alike; only the cache's flash writes move it).\n"
+              if proj.get("same_arithmetic_ratio")
               else f"Projected Skip2-LoRA (viper) / LoRA-All (float) at {T} epochs on an "
                    f"RP2040: {a:.4f} – {c:.4f}.\n")
         w(f"Fixed-point runs are given a range: their kernels slow down "
@@ -1055,24 +1120,30 @@ def report(figures, path, png_dir=None):
           f"(~{pr['py_factor']:.0f}x). The float path also loses double precision (single "
           f"floats on every board), which moves its accuracy by hundredths of a point at "
           f"most (the float path matches the float64 reference to ~2e-7 relative).\n")
-    w(f"- **RP2040 (133 MHz Cortex-M0+, no FPU, 32-bit ints, single floats).** Every "
-      f"interpreted float operation allocates a heap object (~4 per multiply-add), so the "
-      f"192 KB heap is collected many times per epoch: LoRA-All and FT-Last slow down most, "
-      f"and the Skip2-LoRA / LoRA-All ratio *improves* as long as Skip2-LoRA's glue slows "
-      f"down less than LoRA-All's float arithmetic. Viper ints wrap at 32 bits there: the "
-      f"kernels are proved against an int32 simulation (tests/device/test_device_int32_"
-      f"bounds.py), not by this run. Flash: the QSPI NOR erases 4 KB sectors in ~45 ms and "
-      f"programs 256 B pages in ~0.4 ms (W25Q16 datasheet typicals), so the Skip-Cache build "
-      f"adds roughly {max(P['cache_bytes'].values() or [0]) / 4096 * 51 / 1000:.1f} s to "
-      f"Skip2-LoRA's first epoch (its {max(P['cache_bytes'].values() or [0]):,} B cache) and "
-      f"each adapter save ~{max(P['adapter_bytes'].values() or [0]) / 4096 * 51:.0f} ms; "
-      f"cache reads are XIP-speed and cheap.")
+    s2c = P["cache_bytes"].get("skip2lora") or 0
+    s2a = P["adapter_bytes"].get("skip2lora") or 0
+    w(f"- **RP2040 (133 MHz Cortex-M0+, no FPU, 32-bit ints, single floats).** Interpreted "
+      f"float code boxes ~4 floats per multiply-add, so the 192 KB heap is collected many "
+      f"times per epoch; that cost is inside the ~{pr['py_factor'] or 0:.0f}x above, which "
+      f"applies to LoRA-All, FT-Last and float Skip2-LoRA alike, so the same-arithmetic ratio "
+      f"barely moves. Viper code slows down more than interpreted code "
+      f"(~{pr['viper_factor'] or 0:.0f}x: x86-64 runs viper's machine code far better than a "
+      f"Cortex-M0+ does), so the product ratio gets *worse* on the board, up to the projected "
+      f"range above, and stays far past 90 %. Viper ints wrap at 32 bits there: the kernels "
+      f"are proved against an int32 simulation (tests/device/test_device_int32_bounds.py), "
+      f"not by this run. Flash: QSPI NOR erases a 4 KB sector in ~45 ms and programs a 256 B "
+      f"page in ~0.4 ms (W25Q16 typicals), so writing Skip2-LoRA's {s2c:,} B int8 cache adds "
+      f"~{math.ceil(s2c / BLOCK) * FLASH_MS_PER_BLOCK / 1000:.1f} s to its first epoch and "
+      f"each {s2a:,} B adapter save ~{math.ceil(s2a / BLOCK) * FLASH_MS_PER_BLOCK:.0f} ms "
+      f"(included in the projection); cache reads are memory-mapped (XIP) and cheap.")
     w(f"- **ESP32 (240 MHz Xtensa LX6, FPU single only, 32-bit ints).** Roughly "
       f"{ESP32_MHZ / RP2040_MHZ:.1f}x the RP2040 by clock for the same instruction count, "
       f"less where code and data miss the flash cache (unconfirmed: no instruction counts "
-      f"exist for it in PLATFORMS.md). Its heap without PSRAM (~110 KB) is too small for the "
-      f"512-64-64-3 model plus the package from .py (docs/device.md); the cache file is the "
-      f"same size, and SPI flash writes are as slow as the RP2040's.")
+      f"exist for it in PLATFORMS.md). Without PSRAM its heap (~110 KB) is short of what the "
+      f"512-64-64-3 model and the package need (~108 KB live, fails below 128 KB: "
+      f"docs/device.md; a 256-32-32-3 model trains in 100 KB), so it needs PSRAM or a smaller "
+      f"model; the peak-heap column above is the figure to compare. The cache file is the "
+      f"same size, and its SPI flash writes are as slow as the RP2040's.")
     w("- **Settled only by a real board:** every absolute time; the viper-vs-float kernel "
       "speedup on the target core (projected above, not measured); the flash erase/program "
       "time of the cache build and of saves; GC pauses with single-precision boxed floats in "
@@ -1090,8 +1161,7 @@ def report(figures, path, png_dir=None):
                      f"{x['value_pct']:.1f} % cut at {T} epochs — "
                      + ("the paper's 90 % is met and beaten. " if x["met"] else
                         f"missed by {x['short_by_pt']:.1f} pt. ")
-                     + "Most of the gain is the fixed-point viper kernels rather than the "
-                       "method: compare the same-arithmetic row.")
+                     + _decomposition(P, T))
     y = t.get("time_cut_same_arithmetic")
     if y:
         mac_r = P["macs"]["skip2lora-float"]["total"][T] / P["macs"]["lora-all"]["total"][T] \
@@ -1106,10 +1176,29 @@ def report(figures, path, png_dir=None):
                + "because the rank-4 adapter on the 512-wide raw input costs r·d_1 every "
                  "epoch, and in interpreted float each sample also pays fixed per-sample "
                  "costs (a cache record read, the softmax, the update loops) that LoRA-All "
-                 "amortises over more arithmetic. What would close it: keep the adapters in "
-                 "fixed point (the product row), put adapters on the hidden outputs only "
-                 "where accuracy allows (the hidden-only row, at the accuracy cost shown), "
-                 "or more epochs (the cut grows with E)."))
+                 "amortises over more arithmetic. "
+               + _ceiling(P)
+               + "What would close it: keep the adapters in fixed point (the product row), "
+                 "adapters on the hidden outputs only where accuracy allows (the hidden-only "
+                 "row, at the accuracy cost in the accuracy table), or a smaller rank on the "
+                 "x1 adapter."))
+        mean = F.get("ratios_mean", {}).get("same_arithmetic", {}).get(T)
+        if mean is not None and len(F["scenarios"]) > 1:
+            ext = [f"{n}: LoRA-All {f['epochs_trained'].get('lora-all')} epochs, float "
+                   f"Skip2-LoRA {f['epochs_trained'].get('skip2lora-float')}"
+                   for n, f in F["scenarios"].items()
+                   if f["epochs_trained"].get("lora-all", 0) < int(T)]
+            notes[-1] += (f" Over all scenarios the same-arithmetic cut averages "
+                          f"{100 * (1 - mean):.1f} %"
+                          + (f" (extrapolated where fewer epochs ran: {'; '.join(ext)}; "
+                             f"timing noise moves these)" if ext else "") + ".")
+    ab = P["accuracy_by_epoch"]
+    rh = P["ratios"].get("hidden_only", {}).get(T)
+    if rh is not None and T in ab.get("skip2lora-hidden", {}) and T in ab.get("skip2lora", {}):
+        notes.append(f"Adapters on the hidden outputs only: {100 * (1 - rh):.1f} % cut at {T} "
+                     f"epochs, but {_pct(ab['skip2lora-hidden'][T])} accuracy against "
+                     f"{_pct(ab['skip2lora'][T])} with the x1 adapter: on this drift the new "
+                     f"room's noise lives in the input spectrum.")
     a = t.get("accuracy_vs_lora_all")
     if a and not a["met"]:
         notes.append(f"Accuracy: Skip2-LoRA is {-a['gap_pt']:.1f} pt below LoRA-All, missing "
@@ -1134,6 +1223,31 @@ def report(figures, path, png_dir=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(L))
     return path
+
+
+def _ceiling(P):
+    """The cut that more epochs approach: later-epoch MACs only (the first one amortised)."""
+    m = P["macs"]
+    if "skip2lora-float" not in m or "lora-all" not in m:
+        return ""
+    r = m["skip2lora-float"]["later_per_sample"] / m["lora-all"]["later_per_sample"]
+    return (f"More epochs cannot close it: with the first epoch amortised away, Skip2-LoRA's "
+            f"later epochs still need {m['skip2lora-float']['later_per_sample']:,} / "
+            f"{m['lora-all']['later_per_sample']:,} = {100 * r:.1f} % of LoRA-All's "
+            f"multiply-adds: the cut cannot pass {100 * (1 - r):.1f} % in the same arithmetic. ")
+
+
+def _decomposition(P, T):
+    """How much of the product ratio is the method and how much the kernels."""
+    tm = P["total_ms"]
+    need = ("skip2lora", "skip2lora-float", "lora-all")
+    if not all(T in tm.get(k, {}) for k in need):
+        return ""
+    method = tm["skip2lora-float"][T]["ms"] / tm["lora-all"][T]["ms"]
+    kernels = tm["skip2lora-float"][T]["ms"] / tm["skip2lora"][T]["ms"]
+    return (f"It factors into the method, {1 / method:.1f}x faster than LoRA-All in the same "
+            f"float arithmetic, times the fixed-point viper path, {kernels:.0f}x faster than "
+            f"Skip2-LoRA in float: the larger share is the kernels, not the method.")
 
 
 def headline_lines(figures):

@@ -1,8 +1,6 @@
 """`skip2lora bench`: Skip2-LoRA against LoRA-All and the other baselines, timed on the board."""
 import time
 
-from skip2lora.commands.flash import add_port_argument
-
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -11,8 +9,12 @@ def register(subparsers):
                     "LoRA-All and FT-Last (and Skip2-LoRA on every backend), timed with the "
                     "board's own ticks_us; score each on the target room's held-out recording; "
                     "time the kernels per multiply-add. Without --port a fresh virtual board "
-                    "(192 KB heap, 2 MB flash) is started for the run and stopped after it.")
-    add_port_argument(parser)
+                    "(192 KB heap, 2 MB flash) is started for the run and stopped after it. On a real "
+                    "board the full run takes hours (LoRA-All in float needs minutes per "
+                    "epoch there); --quick takes minutes.")
+    parser.add_argument("--port", "-p", default=None,
+                        help="serial port of a real board, e.g. /dev/ttyACM0 (default: a fresh "
+                             "virtual board of the benchmark's own)")
     parser.add_argument("--quick", action="store_true",
                         help="one scenario, 120 samples, few epochs: under a minute")
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE (JSON)")

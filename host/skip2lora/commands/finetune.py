@@ -37,6 +37,9 @@ def register(subparsers):
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--rank", type=int, default=None, help="adapter rank (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--targets", default=None,
+                        help="layer inputs with a skip adapter: all, hidden, or 0-based indexes "
+                             "like 0,2 (default: what the model was compiled with)")
     parser.add_argument("--dataset-dtype", choices=("int8", "f32"), default="int8",
                         help="how samples are packed on the board (int8: 4x less flash)")
     parser.add_argument("--backend", choices=("auto", "viper", "python", "float"), default="auto",
@@ -60,6 +63,17 @@ def load_dataset_bytes(path, model, model_name, dtype):
     return encode_dataset(dataset_from_arrays(x, y, model.dims[-1], code)), len(y)
 
 
+def board_targets(spec):
+    """--targets as the board's Trainer takes it: 'all', 'hidden' or a list of layer indexes."""
+    if spec in ("all", "hidden"):
+        return spec
+    try:
+        return sorted({int(part) for part in spec.split(",")})
+    except ValueError:
+        raise UserError(f"--targets {spec!r} is not all, hidden or 0-based layer indexes like "
+                        f"0,2") from None
+
+
 def job_call(args, data_path):
     opts = dict(model=BOARD_MODEL, data=data_path, adapters=BOARD_ADAPTERS, cache=BOARD_CACHE,
                 method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
@@ -67,6 +81,8 @@ def job_call(args, data_path):
                 backend=None if args.backend == "auto" else args.backend)
     if args.rank:
         opts["rank"] = args.rank
+    if args.targets:
+        opts["targets"] = board_targets(args.targets)
     return "import s2l.job\ns2l.job.finetune(%s)\n" % ", ".join(f"{k}={v!r}" for k, v in opts.items())
 
 
@@ -78,6 +94,7 @@ class Progress:
         self.epochs = epochs
         self.pending = b""
         self.records = []
+        self.stopped = None  # the epoch whose adapters the board kept when it was stopped
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -112,6 +129,8 @@ class Progress:
                 self.bar.set_postfix_str(summary)
             else:
                 self.say(f"  epoch {record['epoch']}/{self.epochs}: {summary}")
+        elif "stopped" in record:
+            self.stopped = int(record["stopped"])
         elif "resume" in record:
             if self.bar is not None:
                 self.bar.update(int(record["resume"]))
@@ -146,7 +165,9 @@ def run(args):
             link.run(job_call(args, data_path), on_output=progress.feed, timeout=EPOCH_SILENCE_S)
         except BoardInterrupted:
             progress.close()
-            done = progress.records[-1]["epoch"] if progress.records else 0
+            done = progress.stopped
+            if done is None:
+                done = progress.records[-1]["epoch"] if progress.records else 0
             print(f"stopped on the board after epoch {done}; the adapters of epoch {done} are "
                   f"saved in {BOARD_ADAPTERS} (continue with --resume, fetch with "
                   f"`skip2lora pull`)")
