@@ -7,6 +7,7 @@ import math
 
 from .formats import F32, KIND_SKIP, KIND_PARALLEL, KIND_DELTA, zeros
 from .cache import Cache
+from .model import _matvec
 
 SKIP_METHODS = ("skip2lora", "skip-lora")
 
@@ -200,16 +201,6 @@ def apply(t):
         for q in range(a.ar):
             _sgd(a.A[q], a.gA[q], a.vA[q] if a.vA else None, lr, mom)
         _sgd(a.B, a.gB, a.vB, lr, mom)
-
-
-def _matvec(A, x, out):
-    """out[r] = A[r] . x for A given as a list of row arrays."""
-    for r in range(len(A)):
-        row = A[r]
-        acc = 0.0
-        for k in range(len(row)):
-            acc += row[k] * x[k]
-        out[r] = acc
 
 
 def _sgd(P, G, V, lr, mom):
