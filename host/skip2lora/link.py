@@ -60,6 +60,10 @@ else:
 """
 
 
+CHUNK = 2048  # bytes per raw-REPL round trip of a file transfer
+_FLASH_FULL = re.compile(r"Errno 28\b|ENOSPC")
+
+
 class BoardError(UserError):
     """The board raised: carries the exception's last line, not a screenful of traceback."""
 
@@ -159,7 +163,10 @@ class BoardLink:
                 self.transport.exit_raw_repl()
             except Exception:  # noqa: BLE001 - the link may already be gone
                 pass
-            self.transport.close()
+            try:
+                self.transport.close()
+            except Exception:  # noqa: BLE001
+                pass
             self.transport = None
 
     # ------------------------------------------------------------ running code
@@ -187,7 +194,7 @@ class BoardLink:
             t.exec_raw_no_follow(code)
             _, stderr = t.follow(self.timeout if timeout is None else timeout, consume)
         except KeyboardInterrupt:
-            self._interrupt()
+            self._interrupt(consume)
             raise BoardInterrupted(out.decode(errors="replace")) from None
         except TransportError as exc:
             raise UserError(f"lost the board while it ran code ({exc}); it may have reset or "
@@ -199,12 +206,13 @@ class BoardLink:
             raise BoardError(f"the board raised {last_error_line(text)}", self.port)
         return out.decode(errors="replace")
 
-    def _interrupt(self):
-        """Ctrl-C to the board, then wait for the raw REPL's end-of-output markers."""
+    def _interrupt(self, consume):
+        """Ctrl-C to the board, then read what it prints while it stops (its last lines say
+        what it kept) up to the raw REPL's end-of-output markers."""
         t = self.transport
         t.serial.write(b"\x03")
         try:
-            t.follow(10)
+            t.follow(10, consume)
         except Exception:  # noqa: BLE001 - a second Ctrl-C or a dead link: keep going
             t.serial.write(b"\x03")
         try:
@@ -224,28 +232,90 @@ class BoardLink:
 
     # ------------------------------------------------------------ files
 
-    def read_file(self, path):
+    # The board side of a transfer keeps its file in globals of its own (mpremote's fs_readfile
+    # and fs_writefile use `f`), so a transfer cut short (Ctrl-C, a host killed mid-way) can be
+    # closed by the next one: an open write handle left behind would otherwise hold the file.
+    _OPEN = ("try:\n _s2l_f.close()\nexcept Exception:\n pass\n_s2l_f = open(%r, %r)\n")
+
+    def _transferred(self, path, done, total):
+        """Called after every chunk of a transfer (a seam for fault-injection tests)."""
+
+    def _lost(self, exc, doing):
+        return UserError(f"lost the board while {doing} ({' '.join(str(exc).split()) or type(exc).__name__}); "
+                         f"it may have reset, lost power or been unplugged; files on the board "
+                         f"are either the old or the new complete ones: run the command again",
+                         self.port)
+
+    def _abandon(self, tmp=None):
+        """After a transfer cut short: back to a clean raw REPL, close the board's handle and
+        remove the half-written temporary file (best effort: the link may be gone)."""
         try:
-            return bytes(self.transport.fs_readfile(path, chunk_size=2048))
-        except Exception as exc:  # noqa: BLE001 - mpremote raises OSError or TransportError
-            if "ENOENT" in str(exc) or "No such" in str(exc) or "2" == str(getattr(exc, "errno", "")):
-                raise UserError(f"no file {path} on the board; run `skip2lora finetune` first "
-                                f"(or flash the model)", self.port) from None
-            raise UserError(f"cannot read {path} from the board ({exc})", self.port) from None
+            self.transport.enter_raw_repl(soft_reset=False)
+            code = "try:\n _s2l_f.close()\nexcept Exception:\n pass\n_s2l_f = None\n"
+            if tmp:
+                code += "import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass\n" % tmp
+            self.transport.exec(code)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def read_file(self, path, missing=None):
+        """The bytes of a board file. missing: what to tell the user when it does not exist."""
+        from mpremote.transport import TransportError, TransportExecError
+
+        t = self.transport
+        out = bytearray()
+        try:
+            t.exec(self._OPEN % (path, "rb"))
+            size = t.eval("_s2l_f.seek(0, 2)")
+            t.exec("_s2l_f.seek(0)")
+            while True:
+                chunk = t.eval("_s2l_f.read(%d)" % CHUNK)
+                if not chunk:
+                    break
+                out += chunk
+                self._transferred(path, len(out), size)
+            t.exec("_s2l_f.close()\n_s2l_f = None")
+        except TransportExecError as exc:
+            text = str(exc)
+            if "ENOENT" in text or "Errno 2]" in text:
+                raise UserError(f"no file {path} on the board; "
+                                f"{missing or 'check the path'}", self.port) from None
+            raise UserError(f"cannot read {path} from the board "
+                            f"({last_error_line(exc.error_output)})", self.port) from None
+        except KeyboardInterrupt:
+            self._abandon()
+            raise
+        except (TransportError, OSError, ValueError, SyntaxError) as exc:
+            raise self._lost(exc, f"reading {path}") from None
+        return bytes(out)
 
     def write_file(self, path, data):
-        """Write via path.tmp and rename, so a cut link or power never leaves a half file."""
+        """Write via path.tmp and rename, so a cut link or power never leaves a half file at
+        path; Ctrl-C closes and removes the temporary file and leaves the old file."""
+        from mpremote.transport import TransportError, TransportExecError
+
         self.makedirs(path.rsplit("/", 1)[0])
         tmp = path + ".tmp"
+        t = self.transport
         try:
-            self.transport.fs_writefile(tmp, data, chunk_size=2048)
-        except Exception as exc:  # noqa: BLE001
-            if "28" in str(exc) or "ENOSPC" in str(exc):
-                self.run(f"import os\ntry:\n os.remove({tmp!r})\nexcept OSError:\n pass")
-                raise UserError(f"the board's flash is full writing {path} ({len(data)} bytes); "
-                                f"remove files or use a smaller dataset", self.port) from None
-            raise UserError(f"cannot write {path} to the board ({exc})", self.port) from None
-        self.run(f"import os\nos.rename({tmp!r}, {path!r})")
+            t.exec(self._OPEN % (tmp, "wb") + "_s2l_w = _s2l_f.write\n")
+            for start in range(0, len(data), CHUNK):
+                t.exec("_s2l_w(%r)" % data[start:start + CHUNK])
+                self._transferred(path, min(start + CHUNK, len(data)), len(data))
+            t.exec("_s2l_f.close()\n_s2l_f = None\nimport os\nos.rename(%r, %r)" % (tmp, path))
+        except TransportExecError as exc:
+            self._abandon(tmp)
+            text = last_error_line(exc.error_output)
+            if _FLASH_FULL.search(exc.error_output):
+                raise UserError(f"the board's flash is full writing {path} ({len(data):,} "
+                                f"bytes); the old {path} is intact; remove files you do not "
+                                f"need, or use a smaller dataset", self.port) from None
+            raise UserError(f"cannot write {path} to the board ({text})", self.port) from None
+        except KeyboardInterrupt:
+            self._abandon(tmp)
+            raise
+        except (TransportError, OSError) as exc:
+            raise self._lost(exc, f"writing {path}") from None
 
     def file_sha256(self, path):
         """sha256 hex of a board file, or None if it does not exist."""
