@@ -905,30 +905,43 @@ def report(figures, path, png_dir=None):
 
     # ---------------------------------------------------------------- targets
     w("## Targets\n")
-    w("| target | figure | status |\n|---|---|---|")
-    for name in ("product", "same_arithmetic"):
-        x = t.get(f"time_cut_{name}")
-        if x:
-            status = ("met" + (", aim of 92 % met too" if x["aim_met"] else
-                               f"; the 92 % aim missed by {92 - x['value_pct']:.1f} pt")
-                      if x["met"] else f"**missed by {x['short_by_pt']:.1f} pt**")
-            w(f"| time cut >= 90 % at {T} epochs, {COMPARISONS[name][1]} | "
-              f"{x['value_pct']:.1f} % | {status} |")
-    if "accuracy_vs_lora_all" in t:
-        a = t["accuracy_vs_lora_all"]
-        w(f"| Skip2-LoRA accuracy within 1 pt of LoRA-All's | {a['gap_pt']:+.1f} pt | "
-          f"{'met' if a['met'] else '**missed by %.1f pt**' % a['short_by_pt']} |")
+    w("Judged at the primary scenario first; the other scenarios' rows are a second, "
+      "independent check (their slow runs are extrapolated, their LoRA-All accuracy at "
+      f"{T} epochs may come from the host reference: the source is named).\n")
+    w("| target | scenario | figure | status |\n|---|---|---|---|")
+    for sname, sf in F["scenarios"].items():
+        st_ = sf["targets"]
+        for name in ("product", "same_arithmetic"):
+            x = st_.get(f"time_cut_{name}")
+            if x:
+                status = ("met" + (", aim of 92 % met too" if x["aim_met"] else
+                                   f"; the 92 % aim missed by {92 - x['value_pct']:.1f} pt")
+                          if x["met"] else f"**missed by {x['short_by_pt']:.1f} pt**")
+                w(f"| time cut >= 90 % at {T} epochs, {COMPARISONS[name][1]} | {sname} | "
+                  f"{x['value_pct']:.1f} % | {status} |")
+        if "accuracy_vs_lora_all" in st_:
+            a = st_["accuracy_vs_lora_all"]
+            w(f"| Skip2-LoRA accuracy within 1 pt of LoRA-All's | {sname} | "
+              f"{_pct(a['skip2lora'])} ({a['skip2lora_source']}) vs {_pct(a['lora_all'])} "
+              f"({a['lora_all_source']}): {a['gap_pt']:+.1f} pt | "
+              f"{'met' if a['met'] else '**missed by %.1f pt**' % a['short_by_pt']} |")
     if "kernel_speedup" in t:
         k = t["kernel_speedup"]
         status = "met here" if k["met"] else "**missed by %.0fx**" % (50 - k["value_x"])
-        w(f"| fast kernel >= 50x the pure-Python float kernel per MAC | {k['value_x']:.0f}x "
-          f"(this host) | {status} |")
+        w(f"| fast kernel >= 50x the pure-Python float kernel per MAC | all | "
+          f"{k['value_x']:.0f}x (this host) | {status} |")
     if "heap_growth" in t:
         h = t["heap_growth"]
         status = ("met (within the 64 B of conservative-GC noise docs/device.md allows)"
                   if h["met"] else "**missed**")
-        w(f"| no heap growth across an epoch | worst {h['worst_bytes']:+d} B per epoch, net "
-          f"{h['worst_net_bytes'] or 0:+d} B over a run | {status} |")
+        hs = [sf["targets"].get("heap_growth") for sf in F["scenarios"].values()]
+        hs = [x for x in hs if x]
+        worst = max(x["worst_bytes"] for x in hs)
+        net = max((x["worst_net_bytes"] or 0) for x in hs)
+        if not all(x["met"] for x in hs):
+            status = "**missed**"
+        w(f"| no heap growth across an epoch | all | worst {worst:+d} B per epoch, net "
+          f"{net:+d} B over a run | {status} |")
     w("")
 
     # ---------------------------------------------------------------- time per method
@@ -1199,10 +1212,30 @@ def report(figures, path, png_dir=None):
                      f"epochs, but {_pct(ab['skip2lora-hidden'][T])} accuracy against "
                      f"{_pct(ab['skip2lora'][T])} with the x1 adapter: on this drift the new "
                      f"room's noise lives in the input spectrum.")
-    a = t.get("accuracy_vs_lora_all")
-    if a and not a["met"]:
-        notes.append(f"Accuracy: Skip2-LoRA is {-a['gap_pt']:.1f} pt below LoRA-All, missing "
-                     f"the 1-point target by {a['short_by_pt']:.1f} pt.")
+    for sname, sf in F["scenarios"].items():
+        a = sf["targets"].get("accuracy_vs_lora_all")
+        if a and not a["met"]:
+            ref = sf.get("reference_accuracy", {})
+            ab = sf["accuracy_by_epoch"].get("skip2lora", {})
+            elast = max(ab, key=int) if ab else None
+            tm = sf["total_ms"]
+            cheap = ""
+            if elast and elast in tm.get("skip2lora", {}) and "1" in tm.get("lora-all", {}):
+                cheap = (f" ({elast} Skip2-LoRA epochs take {_ms(tm['skip2lora'][elast]['ms'])} "
+                         f"on the board, one LoRA-All epoch {_ms(tm['lora-all']['1']['ms'])})")
+            notes.append(
+                f"Accuracy, {sname}: Skip2-LoRA {_pct(a['skip2lora'])} ({a['skip2lora_source']}) "
+                f"is {-a['gap_pt']:.1f} pt below LoRA-All's {_pct(a['lora_all'])} "
+                f"({a['lora_all_source']}), missing the 1-point target by "
+                f"{a['short_by_pt']:.1f} pt."
+                + (f" The float64 reference gives Skip2-LoRA {_pct(ref['skip2lora'])} "
+                   + ("" if a["lora_all_source"].startswith("host") else
+                      f"and LoRA-All {_pct(ref['lora-all'])} ")
+                   + "too, so the gap is the method on this drift, not the board's arithmetic."
+                   if "skip2lora" in ref and "lora-all" in ref else "")
+                + (f" More epochs narrow it: {_pct(ab[elast])} after {elast} epochs"
+                   f"{cheap}; a higher rank or a tuned learning rate are the other levers "
+                   f"(not measured here)." if elast and int(elast) > int(T) else ""))
     k = t.get("kernel_speedup")
     if k:
         notes.append(f"Kernel speedup {k['value_x']:.0f}x here"
