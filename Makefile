@@ -18,6 +18,7 @@ help:
 	@echo "make demo   - pre-train on one room, fine-tune on another with Skip2-LoRA, show the accuracy won back"
 	@echo "make test   - run the test suite (host and MicroPython device tests)"
 	@echo "make paper  - regenerate docs/RESULTS.md (every method on the cooling-fan drift scenarios)"
+	@echo "make bench  - on-board benchmark of every method, regenerates docs/BENCHMARKS.md"
 	@echo "make flash MODEL=m.s2lm [PORT=/dev/ttyACM0]   - device package + model to the board"
 	@echo "make finetune DATA=d.npz [EPOCHS=20] [PORT=…]  - fine-tune on the board"
 	@echo "make pull OUT=dir [PORT=…]                     - bring the adapters home"
