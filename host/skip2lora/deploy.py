@@ -76,6 +76,47 @@ def board_config(model_name, board_profile, defaults):
                        "defaults": defaults, "skip2lora": __version__}, indent=1).encode()
 
 
+CONFIG_KEYS = {"model": str, "model_name": str, "board": str, "defaults": dict, "skip2lora": str}
+
+
+def read_board_config(data, name=BOARD_CONFIG):
+    """The board config `flash` wrote (docs/formats.md), checked: a dict of CONFIG_KEYS with
+    defaults {"rank": 1..64, "alpha": a positive number}. UserError naming `name` otherwise."""
+    import math
+
+    def bad(message):
+        return UserError(f"{message}; it is rewritten by the next `skip2lora flash`", name)
+
+    try:
+        config = json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise bad(f"not a skip2lora board config (not JSON: {exc})") from None
+    if not isinstance(config, dict):
+        raise bad(f"not a skip2lora board config (a JSON {type(config).__name__}, not an object)")
+    for key, kind in CONFIG_KEYS.items():
+        if not isinstance(config.get(key), kind):
+            raise bad(f"field {key!r} is missing or not a {kind.__name__}")
+    rank, alpha = config["defaults"].get("rank"), config["defaults"].get("alpha")
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= 64:
+        raise bad(f"defaults.rank {rank!r} is not a whole number in 1..64")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or \
+            not math.isfinite(alpha) or alpha <= 0:
+        raise bad(f"defaults.alpha {alpha!r} is not a positive number")
+    return config
+
+
+def describe_board_config(link):
+    """One line on what the last `flash` put on the board (or why it cannot be read)."""
+    if link.file_sha256(BOARD_CONFIG) is None:
+        return "on the board before: nothing flashed by skip2lora"
+    try:
+        c = read_board_config(link.read_file(BOARD_CONFIG), f"{BOARD_CONFIG} on the board")
+    except UserError as exc:
+        return f"on the board before: unreadable config ({exc})"
+    return (f"on the board before: model {c['model_name']} (rank {c['defaults']['rank']}), "
+            f"flashed by skip2lora {c['skip2lora']} for board {c['board']}")
+
+
 def model_upload(model_path):
     return Upload(BOARD_MODEL, Path(model_path).read_bytes(), f"model {Path(model_path).name}")
 

@@ -107,9 +107,10 @@ class _Reader:
             self.fail(f"{name} holds NaN or Inf")
 
 
-def _read_bytes(source):
+def _read_bytes(source, name=None):
+    """(data, how messages name it): a path, or bytes named by `name` (e.g. a board file)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), "<bytes>"
+        return bytes(source), name or "<bytes>"
     try:
         with open(source, "rb") as f:
             return f.read(), str(source)
@@ -117,6 +118,8 @@ def _read_bytes(source):
         raise UserError("no such file; check the path", source) from None
     except IsADirectoryError:
         raise UserError("is a directory, expected a file", source) from None
+    except OSError as exc:  # permission denied, I/O error
+        raise UserError(f"cannot read it ({exc.strerror or exc})", source) from None
 
 
 def _write_atomic(path, data):
@@ -124,11 +127,18 @@ def _write_atomic(path, data):
     import os
 
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, Ctrl-C: leave the old file and no debris
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 # ---------------------------------------------------------------- compiled model
@@ -196,8 +206,8 @@ def encode_model(model):
     return _with_trailer(b"".join(parts))
 
 
-def decode_model(source):
-    data, path = _read_bytes(source)
+def decode_model(source, name=None):
+    data, path = _read_bytes(source, name)
     r = _Reader(data, path, "model")
     header_len = r.header(MODEL_MAGIC)
     n_layers, dtype, rank, alpha, mask, _ = r.unpack("BBHfII")
@@ -206,6 +216,8 @@ def decode_model(source):
         r.fail(f"weight dtype code {dtype} unknown")
     dims = [r.check_dim("dim", d) for d in r.unpack(f"{n_layers + 1}H")]
     r.check_dim("class count", dims[-1], 2, MAX_CLASSES)
+    if not np.isfinite(alpha):
+        r.fail("alpha is NaN or Inf")
     file_crc = r.trailer()
     r.pos = header_len
     layers = []
@@ -289,8 +301,8 @@ def encode_dataset(ds):
     return _with_trailer(b"".join(parts))
 
 
-def decode_dataset(source):
-    data, path = _read_bytes(source)
+def decode_dataset(source, name=None):
+    data, path = _read_bytes(source, name)
     r = _Reader(data, path, "dataset")
     header_len = r.header(DATASET_MAGIC)
     n_features, n_classes, dtype, scale = r.unpack("HHB3xf")
@@ -372,9 +384,9 @@ def encode_cache(cache):
         encode_cache_record(cache.segments, rec) for rec in cache.records)
 
 
-def decode_cache(source):
+def decode_cache(source, name=None):
     """Bad records come back as None (to recompute), never as values."""
-    data, path = _read_bytes(source)
+    data, path = _read_bytes(source, name)
     r = _Reader(data, path, "cache")
     header_len = r.header(CACHE_MAGIC)
     model_crc, dataset_crc, n_records, record_len, n_seg = r.unpack("IIIHBx")
@@ -448,8 +460,8 @@ def encode_adapters(af):
     return _with_trailer(_seal_header(body) + b"".join(payload))
 
 
-def decode_adapters(source):
-    data, path = _read_bytes(source)
+def decode_adapters(source, name=None):
+    data, path = _read_bytes(source, name)
     r = _Reader(data, path, "adapter")
     header_len = r.header(ADAPTER_MAGIC)
     model_crc, n, rank, n_classes, alpha, epochs, method = r.unpack("IBBHfIB3x")

@@ -9,6 +9,7 @@ Each importer also returns a callable that runs the original model in its own ru
 (onnxruntime, torch), so the compiler can prove the compiled arrays compute the same thing.
 """
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -64,10 +65,22 @@ def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps):
     return w.astype(np.float32), b.astype(np.float32)
 
 
-def _assemble(steps, supported, dropped):
+def _check_finite(where, what, array, path):
+    """One line naming the step and the first bad value: a NaN or Inf weight would train and
+    predict garbage on the board (and the float check cannot catch NaN against NaN)."""
+    a = np.asarray(array, np.float64)
+    if a.size and not np.all(np.isfinite(a)):
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+        at = f" at index {first[0] if len(first) == 1 else list(first)}" if first else ""
+        raise UserError(f"{where}: its {what} holds NaN or Inf (first{at}: {a[first]}); the "
+                        f"model is broken (a diverged training run?), fix or retrain it", path)
+
+
+def _assemble(steps, supported, dropped, path=None):
     """Build the Network from the steps, enforcing Linear (BN) ReLU ... Linear [softmax].
 
     `dropped` lists what the importer removed (Dropout, Flatten, Identity) for the notes.
+    Every weight, bias and batch-norm statistic must be finite.
     """
     layers, notes = [], list(dropped)
     names = []  # the linear step of each layer, for messages
@@ -76,7 +89,20 @@ def _assemble(steps, supported, dropped):
 
     def fail(message):
         raise UserError(f"{message}; skip2lora compiles a chain Linear, ReLU, ..., Linear "
-                        f"(supported: {supported})")
+                        f"(supported: {supported})", path)
+
+    for step in steps:
+        if step.weight is not None:
+            _check_finite(step.where, "weight", step.weight, path)
+        if step.bias is not None:
+            _check_finite(step.where, "bias", step.bias, path)
+        if step.bn is not None:
+            for what, value in zip(("scale (gamma)", "bias (beta)", "running mean",
+                                    "running variance", "epsilon"), step.bn):
+                _check_finite(step.where, what, value, path)
+            if np.any(np.asarray(step.bn[3], np.float64) + float(step.bn[4]) <= 0):
+                raise UserError(f"{step.where}: its running variance plus epsilon is not "
+                                f"positive, so it cannot be folded; the model is broken", path)
 
     for i, step in enumerate(steps):
         if output != LOGITS:
@@ -128,7 +154,25 @@ def _assemble(steps, supported, dropped):
     if relu_after[-1] is not None:
         fail(f"the last linear layer {names[-1]} is followed by {relu_after[-1].where}; the "
              f"last layer must give raw logits, so remove that ReLU")
+    for layer, where in zip(layers, names):  # folding or a Gemm alpha can overflow float32
+        _check_finite(where, "weight (after folding)", layer.weight, path)
+        _check_finite(where, "bias (after folding)", layer.bias, path)
     return Network(layers, notes), output
+
+
+@contextmanager
+def _malformed(path, what):
+    """A file that loads but whose contents break the walk (a damaged graph: names that are not
+    text, tensors whose data does not match their shape) is the user's input, not a bug here:
+    one line, not a traceback."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot read it as {what}: it is malformed ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:200]}); save or export it again",
+                        path) from None
 
 
 def _load_optional(module_name, extra):
@@ -151,11 +195,18 @@ _CONSTANT_NUMBERS = {"value_float": np.float32, "value_floats": np.float32,
                      "value_int": np.int64, "value_ints": np.int64}
 
 
-def _onnx_constants(graph):
+def _onnx_constants(graph, path=None):
     """Values known before any input arrives: initializers, Constant nodes, Identity of those."""
     from onnx import numpy_helper
 
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    values = {}
+    for t in graph.initializer:
+        try:
+            values[t.name] = numpy_helper.to_array(t)
+        except Exception as exc:  # noqa: BLE001 - its data does not match its dims or type
+            raise UserError(f"initializer '{t.name}' is corrupt ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:200]}); export the model again",
+                            path) from None
     for node in graph.node:
         if node.op_type == "Constant":
             attrs = _onnx_attrs(node)
@@ -175,7 +226,7 @@ def _onnx_where(node):
 
 def _onnx_steps(graph, path):
     """Walk the graph from its input to its output and describe each node as a _Step."""
-    consts = _onnx_constants(graph)
+    consts = _onnx_constants(graph, path)
     inputs = [i for i in graph.input if i.name not in consts]
     if len(inputs) != 1:
         raise UserError(f"the graph has {len(inputs)} inputs "
@@ -271,8 +322,9 @@ def import_onnx(path):
                         path) from None
     if not proto.graph.node:
         raise UserError("cannot read it as an ONNX model (the graph has no nodes)", path)
-    steps, dropped, graph_input = _onnx_steps(proto.graph, path)
-    network, output = _assemble(steps, ONNX_SUPPORTED, dropped)
+    with _malformed(path, "an ONNX model"):
+        steps, dropped, graph_input = _onnx_steps(proto.graph, path)
+        network, output = _assemble(steps, ONNX_SUPPORTED, dropped, path)
     elem_type = graph_input.type.tensor_type.elem_type
     if elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
         raise UserError(f"the input '{graph_input.name}' has element type "
@@ -419,18 +471,19 @@ def import_torch(path):
         hint = (" (a state_dict: save the module itself with torch.save(model))"
                 if isinstance(module, dict) else "")
         raise UserError(f"the file holds a {type(module).__name__}, not a module{hint}", path)
-    kind = _torch_kind(module, nn)
-    if kind == "Sequential":
-        steps, dropped = _torch_steps(module, path, nn)
-    elif kind is not None:  # a bare layer: let the assembler say what is missing
-        wrapper = nn.Sequential()
-        wrapper.add_module(_torch_type(module), module)
-        steps, dropped = _torch_steps(wrapper, path, nn)
-    else:
-        raise UserError(f"the model is a {_torch_type(module)}, whose forward() skip2lora cannot "
-                        f"follow; save an nn.Sequential (supported: {TORCH_SUPPORTED}) or export "
-                        f"the model to ONNX", path)
-    network, output = _assemble(steps, TORCH_SUPPORTED, dropped)
+    with _malformed(path, "a PyTorch model"):
+        kind = _torch_kind(module, nn)
+        if kind == "Sequential":
+            steps, dropped = _torch_steps(module, path, nn)
+        elif kind is not None:  # a bare layer: let the assembler say what is missing
+            wrapper = nn.Sequential()
+            wrapper.add_module(_torch_type(module), module)
+            steps, dropped = _torch_steps(wrapper, path, nn)
+        else:
+            raise UserError(f"the model is a {_torch_type(module)}, whose forward() skip2lora "
+                            f"cannot follow; save an nn.Sequential (supported: "
+                            f"{TORCH_SUPPORTED}) or export the model to ONNX", path)
+        network, output = _assemble(steps, TORCH_SUPPORTED, dropped, path)
     if module.training:
         network.notes.append("the model was saved in training mode; compiled and checked in "
                              "eval mode (BatchNorm running statistics, no Dropout)")

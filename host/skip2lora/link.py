@@ -61,7 +61,7 @@ else:
 
 
 CHUNK = 2048  # bytes per raw-REPL round trip of a file transfer
-_FLASH_FULL = re.compile(r"Errno 28\b|ENOSPC")
+_FLASH_FULL = re.compile(r"Errno 28\b|ENOSPC|OSError: 28\b")
 
 
 class BoardError(UserError):
@@ -196,14 +196,20 @@ class BoardLink:
         except KeyboardInterrupt:
             self._interrupt(consume)
             raise BoardInterrupted(out.decode(errors="replace")) from None
-        except TransportError as exc:
-            raise UserError(f"lost the board while it ran code ({exc}); it may have reset or "
-                            f"been unplugged", self.port) from None
+        except (TransportError, OSError) as exc:  # pyserial's SerialException is an OSError
+            raise UserError(f"lost the board while it ran code ({' '.join(str(exc).split())}); "
+                            f"it may have reset, lost power or been unplugged", self.port) from None
         if stderr:
             text = stderr.decode(errors="replace")
             if "KeyboardInterrupt" in text:
                 raise BoardInterrupted(out.decode(errors="replace"))
-            raise BoardError(f"the board raised {last_error_line(text)}", self.port)
+            last = last_error_line(text)
+            if last.startswith("MemoryError"):
+                raise BoardError(f"the board ran out of memory ({last}): the model, its buffers "
+                                 f"and the device package do not fit its heap; reset the board "
+                                 f"to free memory, use a smaller model (--dtype int8, --targets "
+                                 f"hidden, a smaller --rank) or a board with more RAM", self.port)
+            raise BoardError(f"the board raised {last}", self.port)
         return out.decode(errors="replace")
 
     def _interrupt(self, consume):
@@ -241,7 +247,8 @@ class BoardLink:
         """Called after every chunk of a transfer (a seam for fault-injection tests)."""
 
     def _lost(self, exc, doing):
-        return UserError(f"lost the board while {doing} ({' '.join(str(exc).split()) or type(exc).__name__}); "
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        return UserError(f"lost the board while {doing} ({why}); "
                          f"it may have reset, lost power or been unplugged; files on the board "
                          f"are either the old or the new complete ones: run the command again",
                          self.port)

@@ -128,7 +128,16 @@ def export_onnx(module, path, n_features, opset=17):
 
 def save_torch(module, path):
     """torch.save of the whole module; load it with torch.load(path, weights_only=False)."""
+    import os
+
     torch = _torch()
     module.eval()
-    torch.save(module, str(path))
+    tmp = f"{path}.tmp"  # written whole, then renamed: never half a model file
+    try:
+        torch.save(module, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return path

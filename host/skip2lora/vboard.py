@@ -203,8 +203,10 @@ def prepare_image(image, flash=None):
     flash = DEFAULT_FLASH if flash is None else flash
     _check_flash(flash)
     image.parent.mkdir(parents=True, exist_ok=True)
-    with open(image, "wb") as f:
+    tmp = image.with_name(image.name + ".tmp")  # never a half-made image under its own name
+    with open(tmp, "wb") as f:
         f.write(b"\xff" * flash)
+    os.replace(tmp, image)
     return flash
 
 

@@ -118,7 +118,7 @@ def run(args):
     x = compiler.random_inputs(network.dims[0])
     check = compiler.check_against_runtime(imported, exact, x)
     print(_check_line("float32 arrays", check, compiler.F32_TOLERANCE))
-    if check.relative_error > compiler.F32_TOLERANCE and not args.force:
+    if not check.relative_error <= compiler.F32_TOLERANCE and not args.force:  # NaN fails too
         raise UserError(f"the compiled float32 model disagrees with {check.runtime} "
                         f"({check.summary()}): the model does something the importer did not "
                         f"see; please report it (--force writes the file anyway)")

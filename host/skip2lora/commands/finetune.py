@@ -15,6 +15,7 @@ from skip2lora.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_MO
                             BoardInterrupted, BoardLink, parse_progress, sha256)
 
 METHODS = ("skip2lora", "skip-lora", "lora-all", "ft-last")
+MODEL_MISSING = "flash a model first: skip2lora flash MODEL.s2lm"
 EPOCH_SILENCE_S = 3600  # longest an epoch may run without a line before the board counts as lost
 
 
@@ -143,9 +144,17 @@ class Progress:
 
 def run(args):
     with BoardLink(args.port) as link:
-        model_bytes = Path(args.model).read_bytes() if args.model else link.read_file(BOARD_MODEL)
-        model = read_model(model_bytes if not args.model else args.model)
         model_name = args.model or f"{BOARD_MODEL} on the board"
+        if args.model:
+            model = read_model(args.model)
+            on_board = link.file_sha256(BOARD_MODEL)
+            if on_board != sha256(Path(args.model).read_bytes()):
+                what = "holds no model" if on_board is None else \
+                    f"holds another model (or a partial copy) at {BOARD_MODEL}"
+                raise UserError(f"the board {what}, not {args.model}; run `skip2lora flash "
+                                f"{args.model}` first", link.port)
+        else:  # read back and checked whole (CRCs) before anything is uploaded or trained
+            model = read_model(link.read_file(BOARD_MODEL, missing=MODEL_MISSING), model_name)
         if args.data.startswith(":"):
             data_path = args.data[1:]
             print(f"dataset: {data_path} already on the board")

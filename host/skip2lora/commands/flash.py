@@ -46,6 +46,7 @@ def run(args):
     with BoardLink(args.port) as link:
         info = link.info()
         print(f"board: {info.describe()}")
+        print(deploy.describe_board_config(link))
         budget = estimate(model.dims, measured_board(info, args.board),
                           dtype="int8" if model.dtype else "f32", rank=model.rank,
                           mask=model.adapter_mask, samples=args.samples)

@@ -4,7 +4,7 @@ from pathlib import Path
 from skip2lora.commands.flash import add_port_argument
 from skip2lora.errors import UserError
 from skip2lora.formats import _write_atomic, read_adapters
-from skip2lora.link import BOARD_ADAPTERS, BOARD_MODEL, BoardLink
+from skip2lora.link import BOARD_ADAPTERS, BOARD_MODEL, BoardError, BoardLink
 from skip2lora.peft import write_peft_dir
 
 # The model's file CRC is its last 4 bytes (docs/formats.md): no need to copy the whole model.
@@ -25,15 +25,23 @@ def register(subparsers):
 def run(args):
     out = Path(args.output)
     with BoardLink(args.port) as link:
-        raw = link.read_file(BOARD_ADAPTERS)
-        model_crc = link.eval(_MODEL_CRC % BOARD_MODEL)
-    adapters = read_adapters(raw)
+        raw = link.read_file(BOARD_ADAPTERS, missing="the board holds no trained adapters yet: "
+                                                     "run `skip2lora finetune` first")
+        try:
+            model_crc = link.eval(_MODEL_CRC % BOARD_MODEL)
+        except BoardError:
+            raise UserError(f"the board holds adapters but no readable model at {BOARD_MODEL} "
+                            f"to check them against; flash the model again", link.port) from None
+    adapters = read_adapters(raw, f"{BOARD_ADAPTERS} on the board")
     if adapters.model_crc != model_crc:
         raise UserError(f"{BOARD_ADAPTERS} on the board was trained for another model (CRC "
                         f"0x{adapters.model_crc:08x}, the board's model is "
                         f"0x{model_crc:08x}); fine-tune again", link.port)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "adapters.s2la", raw)
+    try:  # each file written to a temporary name and renamed: never half a file
+        out.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out / "adapters.s2la", raw)
+    except OSError as exc:
+        raise UserError(f"cannot write the adapters: {exc.strerror or exc}", out) from None
     write_peft_dir(adapters, out)
     n_values = sum(a.A.size + a.B.size for a in adapters.adapters)
     print(f"pulled {adapters.method} adapters: {len(adapters.adapters)} adapters, rank "
