@@ -21,32 +21,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from faults import mutate
-from skip2lora import cli
 from skip2lora.compiler import compile_network
 from skip2lora.deploy import board_config, read_board_config
 from skip2lora.errors import UserError
 from skip2lora.export import export_onnx
 from skip2lora.formats import read_cache, read_model
 from skip2lora.importers import import_model
+from cli_helpers import one_line_error as one_line, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*is deprecated:DeprecationWarning")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BAD = sorted(p.name for p in FIXTURES.iterdir() if p.name.startswith("bad-"))
 MODEL, DATA = FIXTURES / "model-f32.s2lm", FIXTURES / "dataset-f32.s2ld"
-
-
-def run_cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err, *fragments):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("skip2lora: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 # ------------------------------------------------------------------ the binary formats

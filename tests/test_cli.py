@@ -12,24 +12,11 @@ from onnx import helper
 from skip2lora import cli
 from skip2lora.formats import DTYPE_F32, DTYPE_I8, read_model
 from test_importers import bn_dropout_model, gemm_chain, onnx_graph
+from cli_helpers import one_line_error as assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
-
-
-def run_cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(err, *fragments):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("skip2lora: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 
-from skip2lora import cli, compiler
+from skip2lora import compiler
 from skip2lora.errors import UserError
 from skip2lora.evaluate import (
     confusion_matrix, format_confusion, load_classifier, load_labelled, score)
@@ -17,6 +17,7 @@ from skip2lora.formats import (
     dataset_from_arrays, read_adapters, read_model, write_adapters, write_dataset, write_model)
 from skip2lora.network import Dense, Network
 from skip2lora.reference import FinetuneConfig, finetune
+from cli_helpers import one_line_error as assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 DIMS = (7, 6, 5, 3)
@@ -51,19 +52,6 @@ def save_adapters(directory, af, name="adapters.s2la"):
     path = directory / name
     write_adapters(path, af)
     return path
-
-
-def run_cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(err, *fragments):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("skip2lora: error: "), err
-    for fragment in fragments:
-        assert str(fragment) in lines[0], lines[0]
 
 
 def test_inputs(n=64, seed=5):

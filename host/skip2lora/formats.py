@@ -40,6 +40,14 @@ def _seal_header(body):
     return body + struct.pack("<I", crc32(body))
 
 
+def _write_sealed(path, obj, encode):
+    """Encode obj, write it atomically and record the file CRC it now has (its last 4 bytes)."""
+    data = encode(obj)
+    _write_atomic(path, data)
+    obj.file_crc = struct.unpack("<I", data[-4:])[0]
+    return data
+
+
 def _with_trailer(data):
     return data + struct.pack("<I", crc32(data))
 
@@ -244,10 +252,7 @@ def decode_model(source, name=None):
 
 
 def write_model(path, model):
-    data = encode_model(model)
-    _write_atomic(path, data)
-    model.file_crc = struct.unpack("<I", data[-4:])[0]
-    return data
+    return _write_sealed(path, model, encode_model)
 
 
 read_model = decode_model
@@ -328,10 +333,7 @@ def decode_dataset(source, name=None):
 
 
 def write_dataset(path, ds):
-    data = encode_dataset(ds)
-    _write_atomic(path, data)
-    ds.file_crc = struct.unpack("<I", data[-4:])[0]
-    return data
+    return _write_sealed(path, ds, encode_dataset)
 
 
 read_dataset = decode_dataset
@@ -492,10 +494,7 @@ def decode_adapters(source, name=None):
 
 
 def write_adapters(path, af):
-    data = encode_adapters(af)
-    _write_atomic(path, data)
-    af.file_crc = struct.unpack("<I", data[-4:])[0]
-    return data
+    return _write_sealed(path, af, encode_adapters)
 
 
 read_adapters = decode_adapters
