@@ -177,9 +177,13 @@ def run(args):
             done = progress.stopped
             if done is None:
                 done = progress.records[-1]["epoch"] if progress.records else 0
-            print(f"stopped on the board after epoch {done}; the adapters of epoch {done} are "
-                  f"saved in {BOARD_ADAPTERS} (continue with --resume, fetch with "
-                  f"`skip2lora pull`)")
+            if done:
+                print(f"stopped on the board after epoch {done}; the adapters of epoch {done} "
+                      f"are saved in {BOARD_ADAPTERS} (continue with --resume, fetch with "
+                      f"`skip2lora pull`)")
+            else:
+                print("stopped on the board before the first epoch finished; no adapters were "
+                      "saved by this run")
             return 130
         progress.close()
     if progress.records:
