@@ -8,7 +8,12 @@ from skip2lora.link import BOARD_ADAPTERS, BOARD_MODEL, BoardError, BoardLink
 from skip2lora.peft import write_peft_dir
 
 # The model's file CRC is its last 4 bytes (docs/formats.md): no need to copy the whole model.
-_MODEL_CRC = "__import__('struct').unpack('<I', (lambda f: (f.seek(-4, 2), f.read(4), f.close())[1])(open(%r, 'rb')))[0]"
+_MODEL_CRC_SCRIPT = """
+import struct
+with open(%r, 'rb') as f:
+    f.seek(-4, 2)
+    print(struct.unpack('<I', f.read(4))[0])
+"""
 
 
 def register(subparsers):
@@ -28,7 +33,7 @@ def run(args):
         raw = link.read_file(BOARD_ADAPTERS, missing="the board holds no trained adapters yet: "
                                                      "run `skip2lora finetune` first")
         try:
-            model_crc = link.eval(_MODEL_CRC % BOARD_MODEL)
+            model_crc = int(link.run(_MODEL_CRC_SCRIPT % BOARD_MODEL).strip())
         except BoardError:
             raise UserError(f"the board holds adapters but no readable model at {BOARD_MODEL} "
                             f"to check them against; flash the model again", link.port) from None
