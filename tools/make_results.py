@@ -156,6 +156,11 @@ frozen forward included; bias adds, softmax and the update not counted).
   {100 * (1 - ratio_hidden):.1f} %, but accuracy falls to {100 * hidden:.1f} %: on this drift
   the new room's noise lives in the input spectrum, so the x_1 adapter matters. The cut grows
   with the epochs (table above) because only the first epoch pays the frozen forward pass.
+- **Trainable parameters.** The paper compares at the same number of trainable parameters;
+  at the same rank r = {FINETUNE_DEFAULTS['rank']} they differ here: Skip2-LoRA trains
+  {noisy[("skip2lora", "all")][0]["n_trainable"]:,} values and LoRA-All
+  {noisy[("lora-all", "all")][0]["n_trainable"]:,}, because a skip adapter's B maps into the
+  C = 3 logits while LoRA-All's B maps into each layer's own width.
 - **Time is not MACs.** On a board the frozen pass and the adapters run in different kernels
   and the cache costs flash reads; the on-board benchmark (`make bench`, docs/BENCHMARKS.md)
   measures time, which is what the paper's 90 % refers to.
