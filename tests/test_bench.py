@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from skip2lora import bench
+from skip2lora import bench, bench_report
 from skip2lora.compiler import compile_network
 from skip2lora.data.synthetic import make_drift
 from skip2lora.formats import read_model, write_model
@@ -33,8 +33,8 @@ def figures(tmp_path_factory):
     lines = []
     figs = bench.run(CONFIG, [scenario], port=None, workdir=d / "work",
                      log=lambda *a, **k: lines.append(" ".join(map(str, a))))
-    bench.write_json(figs, d / "bench.json")
-    bench.report(figs, d / "docs" / "BENCHMARKS.md")
+    bench_report.write_json(figs, d / "bench.json")
+    bench_report.report(figs, d / "docs" / "BENCHMARKS.md")
     return figs, json.loads((d / "bench.json").read_text()), d, lines
 
 
@@ -127,7 +127,7 @@ def test_targets_and_report(figures):
     assert (d / "docs" / "bench_accuracy.png").stat().st_size > 1000
     # one progress line per epoch of every run
     assert sum("epoch" in line and "/" in line for line in lines) == sum(EPOCHS.values())
-    assert bench.headline_lines(figs)
+    assert bench_report.headline_lines(figs)
 
 
 def test_bench_command_is_registered():

@@ -36,7 +36,7 @@ def _log(*args, **kw):
 def run(args):
     from dataclasses import replace
 
-    from skip2lora import bench
+    from skip2lora import bench, bench_report
 
     config = bench.QUICK if args.quick else bench.FULL
     if args.scenario:
@@ -47,13 +47,13 @@ def run(args):
     scenarios = bench.cooling_fan_scenarios(config.scenarios, args.workdir, log=_log)
     figures = bench.run(config, scenarios, port=args.port, workdir=args.workdir, log=_log)
     if args.json:
-        bench.write_json(figures, args.json)
+        bench_report.write_json(figures, args.json)
         _log(f"figures: {args.json}")
     if args.report:
-        bench.report(figures, args.report)
+        bench_report.report(figures, args.report)
         _log(f"report: {args.report}")
     _log("")
-    for line in bench.headline_lines(figures):
+    for line in bench_report.headline_lines(figures):
         _log(line)
     _log(f"bench done in {time.time() - started:.0f} s")
     return 0
