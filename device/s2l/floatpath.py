@@ -7,7 +7,7 @@ import math
 
 from .formats import F32, KIND_SKIP, KIND_PARALLEL, KIND_DELTA, zeros
 from .cache import Cache
-from .model import _matvec
+from .model import _matvec, add_lowrank
 
 SKIP_METHODS = ("skip2lora", "skip-lora")
 
@@ -93,24 +93,14 @@ def step(t, k, nb):
         for c in range(C):
             y[c] = z[c]
         for a in t.ads:
-            _matvec(a.A, xs[a.layer], a.u)
-            for c in range(C):
-                acc = 0.0
-                for q in range(a.ar):
-                    acc += a.B[c * a.bc + q] * a.u[q]
-                y[c] += s * acc
+            add_lowrank(a.A, a.B, a.ar, xs[a.layer], a.u, y, C, s)
     elif method == "lora-all":
         m = t.model
         for i in range(t.L):
             a = t.ads[i]
             out = xs[i + 1] if i < t.L - 1 else y
             m.dense(i, xs[i], out)
-            _matvec(a.A, xs[i], a.u)
-            for j in range(a.br):
-                acc = 0.0
-                for q in range(a.bc):
-                    acc += a.B[j * a.bc + q] * a.u[q]
-                out[j] += s * acc
+            add_lowrank(a.A, a.B, a.bc, xs[i], a.u, out, a.br, s)
             if i < t.L - 1:
                 for j in range(len(out)):
                     if out[j] < 0.0:

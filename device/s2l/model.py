@@ -136,12 +136,7 @@ class Model:
                     for j in range(ar):
                         out[j] += tmp[j] + B[j]
                 else:
-                    _matvec(A, xs[i], tmp)
-                    for j in range(br):
-                        acc = 0.0
-                        for q in range(ar):
-                            acc += B[j * bc + q] * tmp[q]
-                        out[j] += s * acc
+                    add_lowrank(A, B, ar, xs[i], tmp, out, br, s)
             if i < self.n_layers - 1:
                 for j in range(len(out)):
                     if out[j] < 0.0:
@@ -150,12 +145,7 @@ class Model:
         for (layer, kind, A, ar, ac, B, br, bc) in ads:
             if kind != KIND_SKIP:
                 continue
-            _matvec(A, xs[layer], tmp)
-            for c in range(br):
-                acc = 0.0
-                for q in range(ar):
-                    acc += B[c * bc + q] * tmp[q]
-                y[c] += s * acc
+            add_lowrank(A, B, ar, xs[layer], tmp, y, br, s)
         return y
 
     def predict(self, x, adapters=True):
@@ -195,6 +185,17 @@ def _matvec(A, x, out):
         for k in range(len(row)):
             acc += row[k] * x[k]
         out[r] = acc
+
+
+def add_lowrank(A, B, r, x, u, out, n_out, s):
+    """out[j] += s * (B u)[j] with u = A x (left in u, which backward passes reuse): one
+    rank-r adapter's output, B being n_out x r row-major."""
+    _matvec(A, x, u)
+    for j in range(n_out):
+        acc = 0.0
+        for q in range(r):
+            acc += B[j * r + q] * u[q]
+        out[j] += s * acc
 
 
 def argmax(v):
