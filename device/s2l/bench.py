@@ -8,22 +8,7 @@ import gc
 import json
 import os
 
-try:
-    from time import ticks_us, ticks_diff
-except ImportError:  # CircuitPython: no ticks_us
-    try:
-        from time import monotonic_ns
-
-        def ticks_us():
-            return monotonic_ns() // 1000
-    except ImportError:
-        from .compat import ticks_ms
-
-        def ticks_us():
-            return ticks_ms() * 1000
-
-    def ticks_diff(a, b):
-        return a - b
+from .compat import remove, ticks_diff, ticks_ms, ticks_us, ticks_us_diff
 
 
 def _emit(**kw):
@@ -49,7 +34,6 @@ def train(model, data, method="skip2lora", backend=None, targets=None, epochs=1,
     and after every epoch; every buffer of this function is allocated up front, so what
     changes across an epoch is the Trainer's own doing."""
     from array import array
-    from .compat import remove, ticks_ms
     from .train import Trainer
 
     if cache:
@@ -63,7 +47,7 @@ def train(model, data, method="skip2lora", backend=None, targets=None, epochs=1,
     t0 = ticks_us()
     t = Trainer(model, data, method=method, rank=rank, lr=lr, seed=seed, backend=backend,
                 cache=cache, targets=targets, log=None)
-    setup_us = ticks_diff(ticks_us(), t0)
+    setup_us = ticks_us_diff(ticks_us(), t0)
     built = _live()
     k = 0
     for e in range(1, epochs + 1):
@@ -71,7 +55,7 @@ def train(model, data, method="skip2lora", backend=None, targets=None, epochs=1,
         m0 = ticks_ms()
         t0 = ticks_us()
         rec = t.epoch()
-        us = ticks_diff(ticks_us(), t0)
+        us = ticks_us_diff(ticks_us(), t0)
         ms = ticks_diff(ticks_ms(), m0)
         if ms > 400000:  # ticks_us wraps after 2**29 us (~9 min) on a board
             us = ms * 1000
@@ -84,7 +68,7 @@ def train(model, data, method="skip2lora", backend=None, targets=None, epochs=1,
             t0 = ticks_us()
             t.save(path)
             sv[3 * k] = e
-            sv[3 * k + 1] = ticks_diff(ticks_us(), t0)
+            sv[3 * k + 1] = ticks_us_diff(ticks_us(), t0)
             sv[3 * k + 2] = _size(path)
             k += 1
     cpath = t.cache_path if method == "skip2lora" else None
@@ -105,7 +89,7 @@ def _reps(fn, min_us):
     """Calls per timed round so that a round lasts about min_us."""
     t0 = ticks_us()
     fn()
-    return max(1, min_us // max(ticks_diff(ticks_us(), t0), 1))
+    return max(1, min_us // max(ticks_us_diff(ticks_us(), t0), 1))
 
 
 def _best(runs, min_us, rounds=5):
@@ -120,7 +104,7 @@ def _best(runs, min_us, rounds=5):
             t0 = ticks_us()
             for _ in range(n):
                 f()
-            us = ticks_diff(ticks_us(), t0) / n
+            us = ticks_us_diff(ticks_us(), t0) / n
             if best[i] is None or us < best[i]:
                 best[i] = us
     return best

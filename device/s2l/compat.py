@@ -22,6 +22,23 @@ except ImportError:  # CircuitPython
             return a - b
 
 
+try:
+    from time import ticks_us
+    ticks_us_diff = ticks_diff
+except ImportError:  # CircuitPython: microseconds from monotonic_ns, else from ticks_ms
+    try:
+        from time import monotonic_ns
+
+        def ticks_us():
+            return monotonic_ns() // 1000
+    except ImportError:
+        def ticks_us():
+            return ticks_ms() * 1000
+
+    def ticks_us_diff(a, b):
+        return a - b
+
+
 class S2LError(Exception):
     """Bad input (file, argument): one line naming the file, what is wrong, what to do."""
 
