@@ -241,7 +241,8 @@ class BoardLink:
     # The board side of a transfer keeps its file in globals of its own (mpremote's fs_readfile
     # and fs_writefile use `f`), so a transfer cut short (Ctrl-C, a host killed mid-way) can be
     # closed by the next one: an open write handle left behind would otherwise hold the file.
-    _OPEN = ("try:\n _s2l_f.close()\nexcept Exception:\n pass\n_s2l_f = open(%r, %r)\n")
+    _CLOSE = "try:\n _s2l_f.close()\nexcept Exception:\n pass\n"
+    _OPEN = _CLOSE + "_s2l_f = open(%r, %r)\n"
 
     def _transferred(self, path, done, total):
         """Called after every chunk of a transfer (a seam for fault-injection tests)."""
@@ -258,7 +259,7 @@ class BoardLink:
         remove the half-written temporary file (best effort: the link may be gone)."""
         try:
             self.transport.enter_raw_repl(soft_reset=False)
-            code = "try:\n _s2l_f.close()\nexcept Exception:\n pass\n_s2l_f = None\n"
+            code = self._CLOSE + "_s2l_f = None\n"
             if tmp:
                 code += "import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass\n" % tmp
             self.transport.exec(code)
