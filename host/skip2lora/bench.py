@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from skip2lora.errors import UserError
+from skip2lora.evaluate import accuracy
 
 EPOCH_POINTS = (1, 5, 20, 50)
 TARGET_EPOCHS = 20  # the targets are stated at 20 epochs
@@ -389,7 +390,7 @@ def accuracy_of(model, adapter_bytes, X, y):
     from skip2lora.formats import decode_adapters
 
     af = decode_adapters(adapter_bytes)
-    return float(np.mean(np.argmax(adapted_logits(model, af, X), axis=1) == np.asarray(y)))
+    return accuracy(adapted_logits(model, af, X), y)
 
 
 def reference_accuracy(net, X, y, Xt, yt, spec, config, epochs):
@@ -399,7 +400,7 @@ def reference_accuracy(net, X, y, Xt, yt, spec, config, epochs):
     cfg = FinetuneConfig(method=spec.method, rank=config.rank, lr=config.lr, epochs=epochs,
                          seed=config.seed, targets=spec.targets or "all")
     res = finetune(net, X, y, cfg)
-    return float(np.mean(np.argmax(res.predict(Xt), axis=1) == np.asarray(yt)))
+    return accuracy(res.predict(Xt), yt)
 
 
 def trainable(net, spec, rank):
@@ -425,8 +426,7 @@ def scenario_figures(sc, runs, config, kernels_us):
     n = len(y)
     points = config.epoch_points
     f = {"name": sc.name, "n_finetune": n, "n_test": len(yt), "notes": sc.notes,
-         "baseline_accuracy": float(np.mean(np.argmax(net.forward(np.asarray(Xt, np.float64)),
-                                                      axis=1) == yt)),
+         "baseline_accuracy": accuracy(net.forward(np.asarray(Xt, np.float64)), yt),
          "runs": {}, "accuracy": {}, "accuracy_by_epoch": {}, "epoch_ms": {}, "total_ms": {},
          "heap_peak_bytes": {}, "heap_trainer_bytes": {}, "heap_growth_bytes": {},
          "heap_epoch1_bytes": {}, "heap_net_growth_bytes": {},

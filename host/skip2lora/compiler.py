@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skip2lora.errors import UserError
+from skip2lora.evaluate import accuracy as logits_accuracy
 from skip2lora.formats import MAX_RANK, ModelFile, ModelLayer
 from skip2lora.importers import LOG_SOFTMAX, LOGITS
 from skip2lora.quantize import quantize_rows
@@ -127,4 +128,4 @@ def check_against_runtime(imported, model, x):
 
 
 def accuracy(model, x, y):
-    return float(np.mean(logits(model, x).argmax(axis=1) == np.asarray(y)))
+    return logits_accuracy(logits(model, x), y)

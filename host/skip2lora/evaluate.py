@@ -259,6 +259,12 @@ class EvalResult:
                 "confusion_axes": "rows: true class, columns: predicted class"}
 
 
+def accuracy(logits, y):
+    """Share of rows of logits (n, C) whose largest entry is at the label: the one definition
+    every accuracy in the project (compile, experiments, pretrain, bench) goes through."""
+    return float(np.mean(np.argmax(np.asarray(logits), axis=1) == np.asarray(y)))
+
+
 def score(logits, y, n_classes=None):
     """EvalResult of logits (n, C) against integer labels y."""
     logits = np.asarray(logits)

@@ -8,10 +8,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from skip2lora.compiler import compile_network
 from skip2lora.data.cooling_fan import load_scenario
+from skip2lora.evaluate import accuracy as logits_accuracy
 from skip2lora.formats import read_model, write_model
 from skip2lora.importers import import_model
 from skip2lora.reference import FinetuneConfig, finetune
@@ -35,7 +34,7 @@ class Prepared:
 
 
 def accuracy(predict_logits, X, y):
-    return float(np.mean(np.argmax(predict_logits(X), axis=1) == np.asarray(y)))
+    return logits_accuracy(predict_logits(X), y)
 
 
 def prepare(scenario_name, workdir, dtype="f32", seed=0, split="1-2", log=print):
