@@ -217,11 +217,11 @@ def test_fuzz_board_config(seed, cut):
 
 def test_ctrl_c_while_an_output_is_written_leaves_the_old_file(tmp_path, monkeypatch):
     """Every host output (compile, export, eval --json, pull, PEFT) goes through
-    formats._write_atomic: a temporary name, fsync, rename."""
+    formats.write_atomic: a temporary name, fsync, rename."""
     import os
 
     from faults import fault
-    from skip2lora.formats import _write_atomic
+    from skip2lora.formats import write_atomic
 
     out = tmp_path / "model.s2lm"
     out.write_bytes(b"old, complete")
@@ -230,11 +230,11 @@ def test_ctrl_c_while_an_output_is_written_leaves_the_old_file(tmp_path, monkeyp
             raise KeyboardInterrupt
         monkeypatch.setattr(os, "fsync", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            _write_atomic(out, b"new" * 1000)
+            write_atomic(out, b"new" * 1000)
         assert out.read_bytes() == b"old, complete"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["model.s2lm"]  # no debris
         monkeypatch.undo()
-        _write_atomic(out, b"new")
+        write_atomic(out, b"new")
         assert out.read_bytes() == b"new"
 
 

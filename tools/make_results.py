@@ -11,6 +11,7 @@ import numpy as np
 
 from skip2lora.experiments import (DIMS, FAN_RUNNING_ONLY, FINETUNE_DEFAULTS, accuracy,
                                    baseline_accuracy, prepare, run_method, temporary_workdir)
+from skip2lora.formats import write_atomic
 from skip2lora.reference import count_macs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,7 +166,7 @@ frozen forward included; bias adds, softmax and the update not counted).
   and the cache costs flash reads; the on-board benchmark (`make bench`, docs/BENCHMARKS.md)
   measures time, which is what the paper's 90 % refers to.
 """
-    REPORT.write_text(report)
+    write_atomic(REPORT, report.encode("utf-8"))
     log(f"wrote {REPORT.relative_to(ROOT)} in {time.time() - started:.0f} s")
     return 0
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from skip2lora.bench import (BLOCK, COMPARISONS, ESP32_MHZ, FLASH_MS_PER_BLOCK, M0_PY_FLOAT_US,
                              M0_VIPER_INT8_US, RP2040_MHZ, RUNS, board_projection)
+from skip2lora.formats import write_atomic
 
 
 def _pct(x, digits=1):
@@ -560,7 +561,7 @@ def report(figures, path, png_dir=None):
         w(f"- {n_}")
     w("")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(L))
+    write_atomic(path, "\n".join(L).encode("utf-8"))
     return path
 
 
@@ -611,7 +612,7 @@ def headline_lines(figures):
 def write_json(figures, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(figures, indent=1, default=_json_default))
+    write_atomic(path, json.dumps(figures, indent=1, default=_json_default).encode("utf-8"))
 
 
 def _json_default(o):

@@ -292,9 +292,9 @@ def format_confusion(confusion):
 
 
 def write_json(path, record):
-    from skip2lora.formats import _write_atomic
+    from skip2lora.formats import write_atomic
 
     try:
-        _write_atomic(path, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
+        write_atomic(path, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
     except OSError as exc:
         raise UserError(f"cannot write the JSON file: {exc.strerror or exc}", path) from None

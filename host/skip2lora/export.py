@@ -22,7 +22,7 @@ from skip2lora import __version__
 from skip2lora.errors import UserError
 from skip2lora.formats import (
     KIND_DELTA, KIND_PARALLEL, KIND_SKIP, AdapterFile, ModelFile, read_adapters)
-from skip2lora.formats import _write_atomic as write_atomic  # temp file, fsync, os.replace
+from skip2lora.formats import write_atomic  # temp file, fsync, os.replace
 
 OPSET = 17
 IR_VERSION = 8  # the IR version of opset 17, so older onnxruntime releases load the file too

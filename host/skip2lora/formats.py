@@ -43,7 +43,7 @@ def _seal_header(body):
 def _write_sealed(path, obj, encode):
     """Encode obj, write it atomically and record the file CRC it now has (its last 4 bytes)."""
     data = encode(obj)
-    _write_atomic(path, data)
+    write_atomic(path, data)
     obj.file_crc = struct.unpack("<I", data[-4:])[0]
     return data
 
@@ -130,7 +130,7 @@ def _read_bytes(source, name=None):
         raise UserError(f"cannot read it ({exc.strerror or exc})", source) from None
 
 
-def _write_atomic(path, data):
+def write_atomic(path, data):
     """Write to a temporary name then rename, so a crash never leaves a half-written file."""
     import os
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from skip2lora.commands.flash import add_port_argument
 from skip2lora.errors import UserError
-from skip2lora.formats import _write_atomic, read_adapters
+from skip2lora.formats import write_atomic, read_adapters
 from skip2lora.link import BOARD_ADAPTERS, BOARD_MODEL, BoardError, BoardLink
 from skip2lora.peft import write_peft_dir
 
@@ -44,7 +44,7 @@ def run(args):
                         f"0x{model_crc:08x}); fine-tune again", link.port)
     try:  # each file written to a temporary name and renamed: never half a file
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "adapters.s2la", raw)
+        write_atomic(out / "adapters.s2la", raw)
     except OSError as exc:
         raise UserError(f"cannot write the adapters: {exc.strerror or exc}", out) from None
     write_peft_dir(adapters, out)
