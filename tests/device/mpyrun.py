@@ -1,14 +1,29 @@
-"""Run device code on the real MicroPython unix port (never on CPython).
+"""Run device code on real MicroPython interpreters (never on CPython).
 
-run(script, cwd, heap) writes the script next to the files it uses, runs
-`micropython -X heapsize=<heap>` with sys.path set to device/, and returns the parsed
-`RESULT <json>` lines plus the raw stdout.
+run(script, cwd, kind="unix"|"cortex-m0plus"|"cortex-m4f", deploy="py"|"mpy", ...) runs a test
+script with the device package importable and returns a Run: unpacks as (results, stdout),
+results being the parsed `RESULT <json>` lines; run.files maps every file the script left on
+the board's filesystem (package excluded) to its bytes, and run.read_file(name) returns one.
+
+* "unix": the 64-bit unix port, `micropython -X heapsize=<heap>`, in `cwd` itself (the
+  script reads and writes the files there), sys.path set to the package folder.
+* "cortex-m0plus" / "cortex-m4f": MicroPython firmware for that core under qemu-system-arm
+  (/work/shared/platforms, or $SKIP2LORA_PLATFORMS; 192 KiB heap, 32-bit ints, float32). A
+  LittleFS image holding /lib/s2l (.py, or .mpy built for the core's arch) and the files of
+  `cwd` (or only `files`) is built on the host and preloaded into the RAM disk the firmware
+  mounts at "/"; the script runs from "/" through the raw REPL; afterwards the RAM disk is
+  dumped through the QEMU monitor and every file the script wrote or removed is mirrored
+  back into `cwd`, so a test reads the board's output files from `cwd` whatever the kind.
 """
 import json
 import os
+import select
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,6 +31,19 @@ DEVICE = ROOT / "device"
 FIXTURES = ROOT / "tests" / "fixtures"
 RP2040_HEAP = "192K"
 ESP32_HEAP = "100K"
+
+KINDS = ("unix", "cortex-m0plus", "cortex-m4f")
+BOARD_KINDS = KINDS[1:]
+# kind -> (qemu machine, firmware file, mpy-cross arch of its native code)
+QEMU = {"cortex-m0plus": ("mps2-an385", "cortex-m0plus.elf", "armv6m"),
+        "cortex-m4f": ("mps2-an386", "cortex-m4f.elf", "armv7emsp")}
+ARCH = dict({"unix": "x64"}, **{k: v[2] for k, v in QEMU.items()})
+# The firmware's RAM disk (platforms/build/_boot.py) and vfs.VfsLfs2's defaults
+# (readsize=32, progsize=32, lookahead=32), so the firmware mounts the image as it is.
+FS_ADDR, FS_BLOCK, FS_BLOCKS = 0x20000000, 4096, 1024
+LFS_CONFIG = dict(block_size=FS_BLOCK, block_count=FS_BLOCKS, read_size=32, prog_size=32,
+                  lookahead_size=32)
+SCRIPT_NAME = "_device_test.py"
 
 
 def micropython_binary():
@@ -30,23 +58,25 @@ def micropython_binary():
 
 
 PRELUDE = """import sys
-sys.path.insert(0, %r)
+if %r not in sys.path:
+    sys.path.insert(0, %r)
 import json, gc
 def RESULT(**kw):
     print("RESULT " + json.dumps(kw))
 """
 
 
-def build_mpy(dest, arch="x64"):
-    """Precompile device/s2l to .mpy with mpy-cross, as deployed to a board (the viper module
-    for `arch`; x64 runs on this unix port). Returns the directory to put on sys.path."""
+def build_mpy(dest, arch="x64", src=None):
+    """Precompile the s2l package in `src` (default device/) to .mpy with mpy-cross, as
+    deployed to a board (the viper module for `arch`; x64 runs on this unix port). Returns
+    the directory to put on sys.path."""
     dest = Path(dest)
     out = dest / "s2l"
     out.mkdir(parents=True, exist_ok=True)
     cross = Path(micropython_binary()).parent / "mpy-cross"
-    for src in sorted((DEVICE / "s2l").glob("*.py")):
-        cmd = [str(cross), "-o", str(out / (src.stem + ".mpy")), str(src)]
-        if src.stem == "kernels_viper":
+    for py in sorted((Path(src or DEVICE) / "s2l").glob("*.py")):
+        cmd = [str(cross), "-o", str(out / (py.stem + ".mpy")), str(py)]
+        if py.stem == "kernels_viper":
             cmd.insert(1, "-march=" + arch)
         subprocess.run(cmd, check=True, capture_output=True)
     return dest
@@ -56,18 +86,237 @@ class MpyError(AssertionError):
     pass
 
 
-def run(script, cwd, heap=RP2040_HEAP, device_dir=None, timeout=240, check=True):
+class Run(tuple):
+    """(results, stdout), plus .files {name: bytes} left on the board and .read_file(name)."""
+
+    def __new__(cls, results, stdout, files):
+        self = tuple.__new__(cls, (results, stdout))
+        self.results, self.stdout, self.files = results, stdout, files
+        return self
+
+    def read_file(self, name):
+        return self.files[name.lstrip("/")]
+
+
+# ------------------------------------------------------------------ where the boards are
+
+def platforms_dir():
+    return Path(os.environ.get("SKIP2LORA_PLATFORMS") or ROOT.parent / "shared" / "platforms")
+
+
+def missing(kind):
+    """Why `kind` cannot run here (one line), or None."""
+    if kind == "unix":
+        return None
+    if kind not in QEMU:
+        raise ValueError("unknown interpreter kind %r (one of %s)" % (kind, ", ".join(KINDS)))
+    if not shutil.which("qemu-system-arm"):
+        return "qemu-system-arm not found (apt-get install qemu-system-arm)"
+    fw = platforms_dir() / QEMU[kind][1]
+    if not fw.is_file():
+        return "%s firmware not found at %s (set SKIP2LORA_PLATFORMS)" % (kind, fw)
+    return None
+
+
+def require(kind):
+    """Skip a test whose interpreter is missing; under CI=true fail it instead."""
+    why = missing(kind)
+    if why:
+        import pytest
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why)
+
+
+# ------------------------------------------------------------------ the runner
+
+def package_dir(kind, deploy, work, device_dir=None):
+    """The folder holding the s2l package as deployed: the .py sources, or .mpy files
+    compiled for the kind's arch into `work`."""
+    if deploy == "py":
+        return Path(device_dir or DEVICE)
+    if deploy != "mpy":
+        raise ValueError("deploy must be 'py' or 'mpy', got %r" % (deploy,))
+    return build_mpy(Path(work), ARCH[kind], src=device_dir)
+
+
+def run(script, cwd, heap=RP2040_HEAP, device_dir=None, timeout=240, check=True, kind="unix",
+        deploy="py", files=None):
+    """Run `script` on interpreter `kind` with the s2l package of `device_dir` (default
+    device/) deployed as .py or .mpy. `files`: names in `cwd` to put on the board (default
+    every file of `cwd`; the unix port always sees all of them). `heap` applies to the unix
+    port; the boards have their own 192 KiB. Raises MpyError on a traceback (check=True)."""
+    require(kind)
     cwd = Path(cwd)
-    path = cwd / "_device_test.py"
-    path.write_text(PRELUDE % str(device_dir or DEVICE) + script)
-    proc = subprocess.run([micropython_binary(), "-X", "heapsize=" + heap, str(path.name)],
+    with tempfile.TemporaryDirectory(prefix="s2l-") as work:
+        lib = package_dir(kind, deploy, Path(work) / "lib", device_dir)
+        if kind == "unix":
+            return _run_unix(script, cwd, heap, lib, timeout, check)
+        return _run_qemu(script, cwd, kind, lib, files, Path(work), timeout, check)
+
+
+def _parse_results(stdout):
+    return [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+
+
+def _run_unix(script, cwd, heap, lib, timeout, check):
+    path = cwd / SCRIPT_NAME
+    path.write_text(PRELUDE % (str(lib), str(lib)) + script)
+    proc = subprocess.run([micropython_binary(), "-X", "heapsize=" + heap, SCRIPT_NAME],
                           cwd=str(cwd), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise MpyError("micropython exited %d\n--- stdout\n%s\n--- stderr\n%s"
                        % (proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
-    results = [json.loads(line[7:]) for line in proc.stdout.splitlines()
-               if line.startswith("RESULT ")]
-    return results, proc.stdout
+    files = _snapshot(cwd)
+    files.pop(SCRIPT_NAME, None)
+    return Run(_parse_results(proc.stdout), proc.stdout, files)
+
+
+def _snapshot(folder):
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+# ------------------------------------------------------------------ LittleFS images
+
+def make_image(entries):
+    """A RAM-disk image holding {board path: bytes} (folders created as needed)."""
+    from littlefs import LittleFS
+    fs = LittleFS(**LFS_CONFIG)
+    for name in sorted(entries):
+        parts = name.strip("/").split("/")
+        for i in range(1, len(parts)):
+            d = "/".join(parts[:i])
+            try:
+                fs.mkdir(d)
+            except FileExistsError:
+                pass
+        with fs.open(name.strip("/"), "wb") as f:
+            f.write(entries[name])
+    return bytes(fs.context.buffer)
+
+
+def read_image(data):
+    """{path: bytes} of every file in a RAM-disk image."""
+    from littlefs import LittleFS, UserContext
+    ctx = UserContext(len(data))
+    ctx.buffer[:] = data
+    fs = LittleFS(context=ctx, **LFS_CONFIG)
+    out = {}
+    for top, _dirs, names in fs.walk("/"):
+        for n in names:
+            p = (top.rstrip("/") + "/" + n).lstrip("/")
+            with fs.open(p, "rb") as f:
+                out[p] = f.read()
+    return out
+
+
+# ------------------------------------------------------------------ QEMU
+
+_BOOT = ("import os, sys\nos.chdir('/')\nif '' not in sys.path:\n    sys.path.insert(0, '')\n"
+         "import _device_test\n")
+
+
+def _run_qemu(script, cwd, kind, lib, files, work, timeout, check):
+    machine, firmware, _arch = QEMU[kind]
+    uploaded = _snapshot(cwd)
+    uploaded.pop(SCRIPT_NAME, None)
+    if files is not None:
+        uploaded = {n: uploaded[n] for n in files}
+    entries = dict(uploaded)
+    for p in sorted(Path(lib).rglob("*")):
+        if p.is_file() and p.suffix in (".py", ".mpy"):
+            entries["lib/" + str(p.relative_to(lib))] = p.read_bytes()
+    entries[SCRIPT_NAME] = (PRELUDE % ("/lib", "/lib") + script).encode()
+    img, dump, mon = work / "fs.img", work / "dump.img", work / "mon.sock"
+    img.write_bytes(make_image(entries))
+    cmd = ["qemu-system-arm", "-machine", machine, "-nographic", "-semihosting",
+           "-icount", "shift=3", "-serial", "stdio", "-monitor", "unix:%s,server,nowait" % mon,
+           "-kernel", str(platforms_dir() / firmware),
+           "-device", "loader,file=%s,addr=0x%x,force-raw=on" % (img, FS_ADDR)]
+    proc = subprocess.Popen(cmd, cwd=str(work), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(b"\x01" + _BOOT.encode() + b"\x04")
+        proc.stdin.flush()
+        raw, done = _read_until_end(proc, timeout)
+        if not done:
+            raise MpyError("%s: no end of script after %ds (or qemu died)\n--- output so far\n%s"
+                           % (kind, timeout, raw.decode(errors="replace")[-4000:]))
+        # a relative name: "<size> /path" would parse as a division
+        _monitor(mon, "pmemsave 0x%x %d %s" % (FS_ADDR, FS_BLOCK * FS_BLOCKS, dump.name))
+    finally:
+        proc.kill()
+        proc.wait()
+        for s in (proc.stdin, proc.stdout, proc.stderr):
+            s.close()
+    text = raw.decode(errors="replace")
+    body = text[text.index(">OK", text.index("raw REPL; CTRL-B to exit")) + 3:]
+    stdout, _, err = body.partition("\x04")
+    err = err.rstrip(">").rstrip("\x04")
+    stdout = stdout.replace("\r\n", "\n")
+    if check and err.strip():
+        raise MpyError("%s raised\n--- stdout\n%s\n--- traceback\n%s"
+                       % (kind, stdout[-4000:], err.replace("\r\n", "\n")[-4000:]))
+    board = read_image(dump.read_bytes())
+    board = {n: b for n, b in board.items() if not n.startswith("lib/") and n != SCRIPT_NAME}
+    _mirror(cwd, uploaded, board)
+    return Run(_parse_results(stdout), stdout, board)
+
+
+def _read_until_end(proc, timeout):
+    """Output up to the raw REPL's end of script (`OK<out>\\x04<err>\\x04>`)."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    fd = proc.stdout.fileno()
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return buf, False
+            buf += chunk
+            i = buf.find(b">OK")
+            if i >= 0 and buf.count(b"\x04", i) >= 2 and buf.endswith(b">"):
+                return buf, True
+        elif proc.poll() is not None:
+            return buf, False
+    return buf, False
+
+
+def _monitor(path, command, timeout=30):
+    """Send one command to the QEMU monitor and wait for its next prompt."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+        buf = b""
+        while b"(qemu) " not in buf:
+            buf += s.recv(4096)
+        s.sendall(command.encode() + b"\n")
+        buf = b""
+        while b"(qemu) " not in buf:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+        return buf.decode(errors="replace")
+    finally:
+        s.close()
+
+
+def _mirror(cwd, uploaded, board):
+    """Make `cwd` show what the script did on the board: written files copied back, files it
+    removed (of those uploaded) removed."""
+    for name, data in board.items():
+        p = cwd / name
+        if uploaded.get(name) != data:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+    for name in uploaded:
+        if name not in board:
+            (cwd / name).unlink()
 
 
 def progress_lines(stdout):
