@@ -68,6 +68,10 @@ class Dataset:
 
     def read(self, k, out=None):
         """Features of record k into out (default self.x); returns the label."""
+        if not 0 <= k < self.n:
+            raise S2LError("record %d does not exist: valid records are %s" % (
+                k, "0..%d" % (self.n - 1) if self.n else "none (the dataset is empty)"),
+                self.path)
         f = self._f
         f.seek(self.header_len + k * self.record_len)
         f.readinto(self.x if out is None else out)

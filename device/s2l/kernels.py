@@ -9,6 +9,7 @@ import sys
 SX = 32 if sys.maxsize > 0xFFFFFFFF else 0
 
 _cache = {}
+_unavailable = [None]  # why kernels_viper failed to load (wrong-arch .mpy, out of memory)
 
 
 def available():
@@ -31,13 +32,22 @@ def get(name=None):
             mod = get("viper")
         except ImportError:
             mod = get("py")
+            if _unavailable[0]:  # viper may exist here, but its module could not be loaded
+                print("s2l: viper kernels unavailable (%s); using pure Python" % _unavailable[0])
         _cache[None] = mod
         return mod
     if name == "viper":
         try:
             from . import kernels_viper as mod
-        except (SyntaxError, ImportError, NameError, AttributeError) as e:
-            raise ImportError("viper kernels unavailable on this firmware: %s" % e)
+        except (SyntaxError, ImportError, NameError, AttributeError, ValueError,
+                MemoryError) as e:
+            # ValueError: a kernels_viper.mpy built for another arch ("incompatible .mpy
+            # arch"). Drop whatever the failed import left so a retry starts clean.
+            sys.modules.pop(__name__[:-7] + "kernels_viper", None)
+            if isinstance(e, (ValueError, MemoryError)):  # not just a firmware without viper
+                _unavailable[0] = str(e) or type(e).__name__
+            raise ImportError("viper kernels unavailable on this firmware: %s"
+                              % (str(e) or type(e).__name__))
     elif name == "py":
         from . import kernels_py as mod
     else:

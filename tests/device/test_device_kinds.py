@@ -1,0 +1,225 @@
+"""The device package on every kind of interpreter (mpyrun.KINDS): the 64-bit unix port (double
+floats, 64-bit viper ints) and real MicroPython firmware for a Cortex-M0+ (armv6m, soft float32)
+and a Cortex-M4F (armv7emsp) under QEMU, where ints are 32 bits and floats single.
+
+Expected values come from the fixtures' .json twins (written by tools/make_fixtures.py from the
+same arrays as the binary files) computed with numpy, or from another run compared byte for byte.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from mpyrun import BOARD_KINDS, FIXTURES, KINDS, build_mpy, progress_lines, run
+from skip2lora import formats as F
+
+ON_EVERY_KIND = pytest.mark.parametrize("kind", KINDS)
+ON_BOARDS = pytest.mark.parametrize("kind", BOARD_KINDS)
+
+
+# ------------------------------------------------------------------ predict
+
+def fixture_json(name):
+    return json.loads((FIXTURES / name).read_text())
+
+
+def json_logits(model, x, adapters=None):
+    """float64 forward pass of a fixture model (and skip adapters) from its .json twin."""
+    h, xs = np.asarray(x, np.float64), []
+    for layer in model["layers"]:
+        W = np.array(layer["weight"], np.float64)
+        if layer["scale"] is not None:  # int8 weights, one scale per output row
+            W = W * np.array(layer["scale"], np.float64)[:, None]
+        xs.append(h)
+        h = h @ W.T + np.array(layer["bias"], np.float64)
+        if layer["relu"]:
+            h = np.maximum(h, 0)
+    if adapters:
+        s = adapters["alpha"] / adapters["rank"]
+        for a in adapters["adapters"]:
+            assert a["kind"] == F.KIND_SKIP
+            h = h + s * (xs[a["layer"]] @ np.array(a["A"]).T) @ np.array(a["B"]).T
+    return h
+
+
+X = np.array([[((k * 7 + j * 3) % 11 - 5) / 4.0 for j in range(8)] for k in range(5)])
+
+PREDICT = r"""
+from s2l import Model
+m = Model(MODEL)
+if ADAPTERS:
+    m.load_adapters(ADAPTERS)
+for x in XS:
+    RESULT(logits=[v for v in m.forward(x)], cls=m.predict(x))
+"""
+
+
+@ON_EVERY_KIND
+@pytest.mark.parametrize("model,adapters", [("model-f32", None), ("model-int8", None),
+                                            ("model-f32", "adapters")])
+def test_predict_equals_fixture_json(fixdir, kind, model, adapters):
+    res, _ = run("MODEL=%r\nADAPTERS=%r\nXS=%r\n" % (
+        model + ".s2lm", adapters and adapters + ".s2la", X.tolist()) + PREDICT, fixdir,
+        kind=kind, files=[model + ".s2lm"] + ([adapters + ".s2la"] if adapters else []))
+    want = json_logits(fixture_json(model + ".json"), X,
+                       adapters and fixture_json(adapters + ".json"))
+    got = np.array([r["logits"] for r in res])
+    # float32 on the boards: a few ulps of logits of order 1
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert [r["cls"] for r in res] == list(np.argmax(want, axis=1))
+
+
+# ------------------------------------------------------------------ training on the boards
+
+def make_dataset(path, n=36, seed=5):
+    """n int8 samples of the fixture models' 8 features, labels spread over the 3 classes."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (n, 8)).astype(np.float32)
+    y = (np.arange(n) % 3).astype(np.int64)
+    F.write_dataset(path, F.dataset_from_arrays(x, y, 3, F.DTYPE_I8))
+    return path.name
+
+
+def fit_script(out, epochs, backend=None, restore=None, cache="c.s2lc", data="d.s2ld", bs=1):
+    """One Trainer on the int8 fixture model: [restore,] fit, save `out` (+ .state)."""
+    return ("t = Trainer('model-int8.s2lm', %r, method='skip2lora', rank=2, lr=1/16, "
+            "batch_size=%d, seed=3, backend=%r, cache=%r, log=None)\n"
+            "%s"
+            "t.fit(%d)\nt.save(%r)\nRESULT(out=%r, backend=t.backend, built=t.cache_built)\n"
+            "t = None\ngc.collect()\n"
+            % (data, bs, backend, cache, "t.restore(%r)\n" % restore if restore else "",
+               epochs, out, out))
+
+
+@pytest.fixture
+def boarddir(tmp_path):
+    """The int8 fixture model and a 36-sample int8 dataset d.s2ld."""
+    (tmp_path / "model-int8.s2lm").write_bytes((FIXTURES / "model-int8.s2lm").read_bytes())
+    make_dataset(tmp_path / "d.s2ld")
+    return tmp_path
+
+
+def same_bytes(folder, pairs):
+    """The names of the file pairs whose bytes differ."""
+    return ["%s != %s" % (a, b) for a, b in pairs
+            if (folder / a).read_bytes() != (folder / b).read_bytes()]
+
+
+@ON_EVERY_KIND
+def test_viper_equals_py_byte_for_byte(boarddir, kind):
+    """The viper kernels and their pure-Python twin, through kernels.get(name), give the
+    same adapters, int32 masters and Skip-Cache on each interpreter."""
+    res, _ = run("from s2l import Trainer, kernels\n"
+                 "RESULT(names=[kernels.get(b).NAME for b in ('viper', 'py')])\n"
+                 + fit_script("v.s2la", 2, "viper", cache="v.s2lc", bs=2)
+                 + fit_script("p.s2la", 2, "py", cache="p.s2lc", bs=2), boarddir, kind=kind)
+    assert res[0]["names"] == ["viper", "py"]
+    assert [r["backend"] for r in res[1:]] == ["viper", "py"]
+    assert F.read_adapters(boarddir / "v.s2la").epochs_done == 2
+    assert same_bytes(boarddir, [("v.s2la", "p.s2la"), ("v.s2la.state", "p.s2la.state"),
+                                 ("v.s2lc", "p.s2lc")]) == []
+
+
+@ON_EVERY_KIND
+def test_resume_equals_straight_run(boarddir, kind):
+    """fit 2 + save, a new Trainer restores and fits 1 more == fit 3 straight: same bytes."""
+    res, _ = run("from s2l import Trainer\n"
+                 + fit_script("r.s2la", 2)
+                 + fit_script("r.s2la", 1, restore="r.s2la")
+                 + fit_script("s.s2la", 3, cache="s.s2lc"), boarddir, kind=kind)
+    assert [r["built"] for r in res] == [True, False, True]
+    assert F.read_adapters(boarddir / "r.s2la").epochs_done == 3
+    assert same_bytes(boarddir, [("r.s2la", "s.s2la"), ("r.s2la.state", "s.s2la.state"),
+                                 ("c.s2lc", "s.s2lc")]) == []
+
+
+@ON_EVERY_KIND
+@pytest.mark.parametrize("method,backend", [("skip2lora", "viper"), ("skip2lora", "py"),
+                                            ("lora-all", "float")])
+def test_training_loop_heap_does_not_grow(fixdir, kind, method, backend):
+    """As tests/device/test_device_train.py's test of the same name, on each interpreter:
+    gc.mem_alloc() after gc.collect() stays flat over 10 epochs (60 training steps)."""
+    from test_device_train import HEAP
+    res, _ = run("MODEL='model-int8.s2lm'\nDATA='dataset-int8.s2ld'\nMETHOD=%r\nBACKEND=%r\n"
+                 % (method, backend) + HEAP, fixdir, kind=kind,
+                 files=["model-int8.s2lm", "dataset-int8.s2ld"])
+    seen = res[0]["seen"]
+    assert max(seen) - seen[0] <= 64, seen
+
+
+# ------------------------------------------------------------------ the same bytes everywhere
+
+CROSS = "from s2l import Trainer\n" + fit_script("a.s2la", 2)
+CROSS_FILES = ("a.s2la", "a.s2la.state", "c.s2lc")
+_unix_reference = {}
+
+
+def unix_reference(tmp_path_factory):
+    """The unix port's files for CROSS (.py deploy), computed once."""
+    if not _unix_reference:
+        d = tmp_path_factory.mktemp("unix-ref")
+        (d / "model-int8.s2lm").write_bytes((FIXTURES / "model-int8.s2lm").read_bytes())
+        make_dataset(d / "d.s2ld")
+        run(CROSS, d)
+        _unix_reference.update({n: (d / n).read_bytes() for n in CROSS_FILES})
+    return _unix_reference
+
+
+@pytest.mark.parametrize("kind,deploy", [("unix", "mpy"), ("cortex-m0plus", "py"),
+                                         ("cortex-m0plus", "mpy"), ("cortex-m4f", "py"),
+                                         ("cortex-m4f", "mpy")])
+def test_fine_tune_gives_the_unix_ports_bytes(boarddir, tmp_path_factory, kind, deploy):
+    """A short Skip2-LoRA fine-tune (int8 model, 36 samples, 2 epochs) writes the same
+    adapters, .state and Skip-Cache bytes on every interpreter and deployment as on the unix
+    port from .py: the fixed-point path must not depend on the float width."""
+    want = unix_reference(tmp_path_factory)
+    run(CROSS, boarddir, kind=kind, deploy=deploy)
+    differ = []
+    for n in CROSS_FILES:
+        got = (boarddir / n).read_bytes()
+        if got != want[n]:
+            at = next((i for i, (a, b) in enumerate(zip(got, want[n])) if a != b),
+                      min(len(got), len(want[n])))
+            differ.append("%s (%d vs %d bytes, first difference at byte %d)"
+                          % (n, len(got), len(want[n]), at))
+    assert differ == [], "differ from the unix port's: " + "; ".join(differ)
+
+
+# ------------------------------------------------------------------ board-only failures
+
+def test_wrong_arch_viper_mpy_falls_back_to_python(boarddir, tmp_path):
+    """A kernels_viper.mpy built for armv7emsp on the armv6m board: the package warns once and
+    trains with the pure-Python kernels, again in the same session; backend='viper' says why."""
+    lib = build_mpy(tmp_path / "lib", "armv7emsp")
+    res, out = run(r"""
+from s2l import Trainer, S2LError
+""" + fit_script("a.s2la", 1) + fit_script("b.s2la", 1, cache="b.s2lc") + r"""
+try:
+    Trainer("model-int8.s2lm", "d.s2ld", backend="viper")
+    RESULT(err=None)
+except S2LError as e:
+    RESULT(err=str(e))
+""", boarddir, kind="cortex-m0plus", device_dir=lib)
+    assert [r.get("backend") for r in res[:2]] == ["py", "py"]
+    assert res[2]["err"] == "viper kernels unavailable on this firmware: incompatible .mpy arch"
+    warn = [line for line in out.splitlines() if line.startswith("s2l: ")]
+    assert warn == ["s2l: viper kernels unavailable (incompatible .mpy arch); using pure Python"]
+    assert F.read_adapters(boarddir / "b.s2la").epochs_done == 1
+
+
+def test_dataset_read_out_of_range_names_file_and_range(fixdir):
+    res, _ = run(r"""
+from s2l import Dataset, S2LError
+out = []
+for path, k in (("dataset-int8.s2ld", 6), ("dataset-int8.s2ld", -1), ("empty.s2ld", 0)):
+    d = Dataset(path) if path != "empty.s2ld" else Dataset.create(path, 8, 3)
+    try:
+        d.read(k); out.append(None)
+    except S2LError as e:
+        out.append(str(e))
+RESULT(out=out)
+""", fixdir)
+    assert res[0]["out"] == [
+        "dataset-int8.s2ld: record 6 does not exist: valid records are 0..5",
+        "dataset-int8.s2ld: record -1 does not exist: valid records are 0..5",
+        "empty.s2ld: record 0 does not exist: valid records are none (the dataset is empty)"]
