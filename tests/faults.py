@@ -83,7 +83,7 @@ class _Resume(Exception):
 
 def install_transfer_hook():
     """In the CLI child: pause inside BoardLink's transfer of one file (see cli_popen)."""
-    from skip2lora.link import BoardLink
+    from skip2lora.board.link import BoardLink
 
     spec = json.loads(os.environ[HOOK_ENV])
     fired = []
@@ -203,7 +203,7 @@ class _Cut(Exception):
 def run_until_cut(board, code, timeout=120):
     """Run code on the board (raw REPL) and cut its power the moment it prints MARK.
     Returns the board's output up to the cut."""
-    from skip2lora.link import BoardLink
+    from skip2lora.board.link import BoardLink
 
     seen = bytearray()
 
@@ -233,7 +233,7 @@ def install_pause(board, point, count):
 
 def soft_reset(board):
     """A fresh interpreter on the same flash: no patches, no globals, a clean heap."""
-    from skip2lora.link import BoardLink
+    from skip2lora.board.link import BoardLink
 
     with BoardLink(board.port) as link:
         link.transport.enter_raw_repl(soft_reset=True)
@@ -241,7 +241,7 @@ def soft_reset(board):
 
 def board_run(board, code, timeout=120):
     """Run code on the board; returns its output."""
-    from skip2lora.link import BoardLink
+    from skip2lora.board.link import BoardLink
 
     with BoardLink(board.port) as link:
         return link.run(code, timeout=timeout)

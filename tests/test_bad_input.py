@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from faults import mutate
 from skip2lora.compiler import compile_network
-from skip2lora.deploy import board_config, read_board_config
+from skip2lora.board.deploy import board_config, read_board_config
 from skip2lora.errors import UserError
 from skip2lora.export import export_onnx
 from skip2lora.formats import read_cache, read_model

@@ -13,7 +13,7 @@ import pytest
 from skip2lora.data.synthetic import make_drift
 from skip2lora.formats import DTYPE_F32, dataset_from_arrays, read_adapters, write_dataset
 from skip2lora.pretrain import pretrain, save_torch
-from skip2lora.vboard import VirtualBoard, open_image
+from skip2lora.board.virtual import VirtualBoard, open_image
 
 DIMS = (16, 12, 8, 3)
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from skip2lora import budget
-from skip2lora.boards import BOARDS, get_board
+from skip2lora.board import budget
+from skip2lora.board.profiles import BOARDS, get_board
 from skip2lora.cli import main
 from skip2lora.errors import UserError
 from skip2lora.formats import (DTYPE_F32, DTYPE_I8, KIND_SKIP, Adapter, AdapterFile, CacheFile,

@@ -24,10 +24,10 @@ from skip2lora import formats as F
 from skip2lora.commands.finetune import job_call
 from skip2lora.compiler import compile_network
 from skip2lora.data.synthetic import make_drift
-from skip2lora.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_DIR, BOARD_MODEL,
+from skip2lora.board.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_DIR, BOARD_MODEL,
                             BoardError, BoardLink)
 from skip2lora.network import Dense, Network
-from skip2lora.vboard import VirtualBoard, open_image
+from skip2lora.board.virtual import VirtualBoard, open_image
 
 DIMS = (96, 32, 16, 3)  # the int8 model is 4104 bytes: two 2048-byte transfer chunks
 STATE = BOARD_ADAPTERS + ".state"
@@ -285,8 +285,8 @@ def test_power_cut_while_the_model_is_copied(board, art):
 
 
 def test_a_damaged_board_config_is_reported_then_replaced(board, art):
-    from skip2lora.deploy import read_board_config
-    from skip2lora.link import BOARD_CONFIG
+    from skip2lora.board.deploy import read_board_config
+    from skip2lora.board.link import BOARD_CONFIG
 
     clean(board, art)
     board_run(board, f"_f = open({BOARD_CONFIG!r}, 'w')\n_f.write('{{\"model\": 3')\n"

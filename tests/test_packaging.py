@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from skip2lora.vboard import VirtualBoard
+from skip2lora.board.virtual import VirtualBoard
 
 DEVICE = Path(__file__).resolve().parent.parent / "device"
 

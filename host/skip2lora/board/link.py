@@ -97,7 +97,7 @@ def resolve_port(port):
     """The port given, else the running virtual board's; one clear error if neither exists."""
     if port:
         return port
-    from skip2lora.vboard import default_port
+    from skip2lora.board.virtual import default_port
 
     return default_port()
 

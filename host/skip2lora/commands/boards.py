@@ -1,6 +1,6 @@
 """`skip2lora boards`: the board profiles compile budgets against."""
-from skip2lora.boards import BOARDS
-from skip2lora.budget import kib
+from skip2lora.board.profiles import BOARDS
+from skip2lora.board.budget import kib
 
 
 def register(subparsers):

@@ -6,8 +6,9 @@ whether the model, its adapters and the fine-tuning data fit the board's heap an
 """
 import numpy as np
 
-from skip2lora import budget, compiler
-from skip2lora.boards import BOARDS, get_board
+from skip2lora import compiler
+from skip2lora.board import budget
+from skip2lora.board.profiles import BOARDS, get_board
 from skip2lora.errors import UserError
 from skip2lora.formats import write_model
 from skip2lora.importers import import_model

@@ -11,7 +11,7 @@ from pathlib import Path
 from skip2lora.commands.flash import add_port_argument
 from skip2lora.errors import UserError
 from skip2lora.formats import DTYPE_F32, DTYPE_I8, dataset_from_arrays, encode_dataset, read_model
-from skip2lora.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_MODEL,
+from skip2lora.board.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_MODEL,
                             BoardInterrupted, BoardLink, parse_progress, sha256)
 
 METHODS = ("skip2lora", "skip-lora", "lora-all", "ft-last")

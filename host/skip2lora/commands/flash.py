@@ -1,12 +1,12 @@
 """`skip2lora flash`: put the device package, a compiled model and the board config on a board."""
 import time
 
-from skip2lora import deploy
-from skip2lora.boards import Board, get_board
-from skip2lora.budget import estimate
+from skip2lora.board import deploy
+from skip2lora.board.profiles import Board, get_board
+from skip2lora.board.budget import estimate
 from skip2lora.errors import UserError
 from skip2lora.formats import read_model
-from skip2lora.link import BoardLink
+from skip2lora.board.link import BoardLink
 
 
 def add_port_argument(parser):

@@ -1,0 +1,12 @@
+"""Virtual boards: a board behind a pty that the real mpremote drives, of three kinds.
+
+`unix` runs the MicroPython unix port (unix.py, unix_supervisor.py); `cortex-m0plus` and
+`cortex-m4f` run real Cortex-M firmware under QEMU (qemu.py). base.py holds what they share:
+the run dir, state, port link, stop and kill. docs/virtual-board.md describes each kind.
+"""
+from skip2lora.board.virtual.base import (KINDS, VirtualBoard, default_port, default_run_dir,
+                                          read_state, start_board, stop)
+from skip2lora.board.virtual.images import open_image
+
+__all__ = ["KINDS", "VirtualBoard", "default_port", "default_run_dir", "open_image",
+           "read_state", "start_board", "stop"]
