@@ -26,7 +26,8 @@ class Cache:
         self.reason = ""     # why the file on flash was not used, when it was not
 
     def open(self):
-        """Use the file on flash if it matches; returns its segment scales, else None."""
+        """Use the file on flash if it matches; returns its segment scales (float32 bit
+        patterns, never floats: see qmath), else None."""
         self.close()
         path = self.path
         try:
@@ -54,8 +55,8 @@ class Cache:
                 raise ValueError("layout differs")
             scales = []
             for i in range(S):
-                dim, dt, scale = struct.unpack_from("<HBxf", head, 24 + 8 * i)
-                if (dim, dt) != self.segs[i] or not scale > 0:
+                dim, dt, scale = struct.unpack_from("<HBxI", head, 24 + 8 * i)
+                if (dim, dt) != self.segs[i] or not 0 < scale < 0x7F800000:
                     raise ValueError("segment layout differs")
                 scales.append(scale)
             if size != header_len + n * self.stride:
@@ -86,14 +87,15 @@ class Cache:
         return True
 
     def build(self, scales, fill):
-        """Write the whole file once, sequentially: fill(k) puts record k in the buffers.
+        """Write the whole file once, sequentially: fill(k) puts record k in the buffers;
+        scales are the segments' float32 bit patterns.
         Written under a temporary name and renamed, so a power cut never leaves a file that
         looks complete; then opened for reading."""
         self.close()
         body = struct.pack("<4sHHIIIHBx", CACHE_MAGIC, VERSION, 0, self.model_crc,
                            self.dataset_crc, self.n, self.record_len, len(self.segs))
         for (dim, dt), scale in zip(self.segs, scales):
-            body += struct.pack("<HBxf", dim, dt, scale)
+            body += struct.pack("<HBxI", dim, dt, scale)
         head = seal_header(body)
         tmp = self.path + ".tmp"
         f = open_write(tmp)

@@ -120,3 +120,60 @@ def upd_a(A32, A16, X, e, d, sh, refresh, sx):
             A32[k] = v
             if refresh:
                 A16[k] = (v + 32768) >> 16
+
+
+def to_f32(SRC, n, R, sh, OUT, sx):
+    from struct import pack_into
+    rh, rl = R >> 15, R & 0x7FFF
+    for i in range(n):
+        v = SRC[i]
+        s = 0
+        if v < 0:
+            s, v = 1, -v
+        if v == 0:
+            pack_into("<I", OUT, 4 * i, 0)
+            continue
+        b = 0
+        while v < 0x20000000:
+            v <<= 1
+            b += 1
+        vh = v >> 15
+        p = vh * rh + ((vh * rl) >> 15) + (((v & 0x7FFF) * rh) >> 15)
+        t = 29 if p >= 0x20000000 else 28
+        mant = (p + (1 << (t - 24))) >> (t - 23)
+        if mant >= 0x1000000:
+            mant >>= 1
+            t += 1
+        e = t + 157 - b - sh
+        pack_into("<I", OUT, 4 * i, (s << 31) | (e << 23) | (mant & 0x7FFFFF) if e > 0 else 0)
+
+
+def absmax_f32(SRC, d):
+    from struct import unpack_from
+    best = 0
+    for k in range(d):
+        v = unpack_from("<I", SRC, 4 * k)[0] & 0x7FFFFFFF
+        if v > best:
+            best = v
+    return best
+
+
+def quant_f32(SRC, d, M, n, OUT):
+    from struct import unpack_from
+    for k in range(d):
+        v = unpack_from("<I", SRC, 4 * k)[0]
+        ex = (v >> 23) & 0xFF
+        m = v & 0x7FFFFF
+        if ex:
+            m |= 0x800000
+        else:
+            ex = 1
+        p = (m >> 9) * M
+        sh = 141 + n - ex
+        if p == 0 or sh > 31:
+            q = 0
+        elif sh <= 0:
+            q = 127
+        else:
+            q = min(127, (p + (1 << (sh - 1))) >> sh)
+        OUT[k] = -q if v >> 31 else q

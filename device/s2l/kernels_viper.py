@@ -242,3 +242,87 @@ def upd_a(A32: ptr32, A16: ptr16, X: ptr8, e: int, d: int, sh: int, refresh: int
             if refresh:
                 A16[k] = (v + 32768) >> 16
             k += 1
+
+
+@micropython.viper
+def to_f32(SRC: ptr32, n: int, R: int, sh: int, OUT: ptr32, sx: int):
+    # OUT[i] = float32 bits of SRC[i] * R / 2**sh (R in [2**29, 2**30), |SRC[i]| < 2**30),
+    # built from integers alone: normalise to 30 bits, multiply in 15-bit halves, round the
+    # top 24 bits half up; results below the normal range flush to 0
+    i = 0
+    rh = R >> 15
+    rl = R & 0x7FFF
+    while i < n:
+        v = SRC[i]
+        v = (v << sx) >> sx
+        s = 0
+        if v < 0:
+            s = 1
+            v = 0 - v
+        if v == 0:
+            OUT[i] = 0
+        else:
+            b = 0
+            while v < 0x20000000:
+                v = v << 1
+                b += 1
+            vh = v >> 15
+            p = vh * rh + ((vh * rl) >> 15) + (((v & 0x7FFF) * rh) >> 15)
+            t = 28
+            if p >= 0x20000000:
+                t = 29
+            mant = (p + (1 << (t - 24))) >> (t - 23)
+            if mant >= 0x1000000:
+                mant = mant >> 1
+                t += 1
+            e = t + 157 - b - sh
+            if e <= 0:
+                OUT[i] = 0
+            else:
+                OUT[i] = (s << 31) | (e << 23) | (mant & 0x7FFFFF)
+        i += 1
+
+
+@micropython.viper
+def absmax_f32(SRC: ptr32, d: int) -> int:
+    # the largest |x| of d float32 values, as a bit pattern (the order of |x| is the order of
+    # its bits with the sign cleared)
+    mask = 0x3FFFFFFF
+    mask = (mask << 1) | 1  # 0x7FFFFFFF, built at run time: as a literal it is a long int
+    best = 0
+    k = 0
+    while k < d:
+        v = SRC[k] & mask
+        if v > best:
+            best = v
+        k += 1
+    return best
+
+
+@micropython.viper
+def quant_f32(SRC: ptr32, d: int, M: int, n: int, OUT: ptr8):
+    # OUT[k] = clamp127(round(x * M / 2**n)) for the float32 bits x = SRC[k], with the
+    # mantissa cut to its top 15 bits so that the product stays below 2**30
+    k = 0
+    while k < d:
+        v = SRC[k]
+        ex = (v >> 23) & 0xFF
+        m = v & 0x7FFFFF
+        if ex:
+            m = m | 0x800000
+        else:
+            ex = 1
+        p = (m >> 9) * M
+        sh = 141 + n - ex
+        if p == 0 or sh > 31:
+            q = 0
+        elif sh <= 0:
+            q = 127
+        else:
+            q = (p + (1 << (sh - 1))) >> sh
+            if q > 127:
+                q = 127
+        if (v >> 31) & 1:
+            q = 0 - q
+        OUT[k] = q
+        k += 1

@@ -3,7 +3,10 @@
 # Two arithmetics behind one Trainer:
 #   fixed  - skip2lora / skip-lora on an int8 model: int8 activations (Skip-Cache int8), int32
 #            adapter masters, int16 forward copies, viper kernels (or their pure-Python twins);
-#            the formats, shifts and bounds are in docs/device.md.
+#            the formats, shifts and bounds are in docs/device.md. Integers only: every
+#            constant comes from float32 bit patterns through qmath, and the softmax is an
+#            integer one, so every board writes the same adapter, state and cache bytes (the
+#            loss printed in progress lines is the one float, and nothing reads it back).
 #   float  - every method, float32 arrays, plain Python: the path compared with the numpy
 #            reference (host/skip2lora/reference.py) to a stated tolerance.
 # Every buffer is allocated in __init__ (sized from the model and dataset headers); the
@@ -19,29 +22,23 @@ from .dataset import Dataset
 from .rng import XorShift32
 from .cache import Cache
 from . import kernels
+from .qmath import (ONE_BITS, bits, bits_at, f32_ratio, isqrt, q15, qbits, rshift_round, split,
+                    value)
 
 SKIP_METHODS = ("skip2lora", "skip-lora")
 SUPPORTED = ("skip2lora", "skip-lora", "lora-all", "ft-last")
 LIM = 0x3FFFFFFF
 T_BG = 6  # pre-shift of B^T g, keeps e * x inside int32 (docs/device.md)
 STATE_MAGIC = b"S2LS"  # <adapters>.state: the fixed path's int32 masters, bit for bit
-
-
-def _f32(x):
-    """x rounded to float32, as a header stores it (so a reloaded scale gives equal bits)."""
-    return struct.unpack("<f", struct.pack("<f", x))[0]
-
-
-def q15(x):
-    """x >= 0 as (M, n) with x ~= M / 2**n and 2**14 <= M < 2**15 (M = 0 for x = 0)."""
-    if x <= 0:
-        return 0, 15
-    f, e = math.frexp(x)
-    M = int(f * 32768 + 0.5)
-    n = 15 - e
-    if M >= 32768:
-        M, n = 16384, n - 1
-    return M, n
+Z_BITS = 0x37800000  # 2**-16: the unit of the cached logits z (Q16)
+# 2**(-k/64) in Q14 for k = 0..64: the integer softmax's exp, interpolated between entries
+EXP2_Q14 = (16384, 16208, 16033, 15860, 15689, 15520, 15353, 15188, 15024, 14862, 14702, 14544,
+            14387, 14232, 14079, 13927, 13777, 13629, 13482, 13337, 13193, 13051, 12910, 12771,
+            12634, 12498, 12363, 12230, 12098, 11968, 11839, 11711, 11585, 11460, 11337, 11215,
+            11094, 10975, 10856, 10739, 10624, 10509, 10396, 10284, 10173, 10064, 9955, 9848,
+            9742, 9637, 9533, 9431, 9329, 9228, 9129, 9031, 8933, 8837, 8742, 8648, 8555, 8463,
+            8371, 8281, 8192)
+LN_16384 = 9.704060527839234  # ln(2**14), for the printed loss only
 
 
 def _sat(v, lim=LIM):
@@ -78,6 +75,10 @@ class Trainer:
             raise S2LError("rank must be 1..64")
         self.alpha = float(self.rank if alpha is None else alpha)
         self.s = self.alpha / self.rank
+        # the fixed path's step sizes from the float32 bits of lr and alpha (qmath)
+        self._lr_parts = split(bits(lr))
+        self._alpha_parts = split(bits(self.alpha))
+        self._s15 = q15(self._alpha_parts[0], self.rank, self._alpha_parts[1])  # s, Q15
         L = m.n_layers
         self.L, self.C = L, m.n_classes
         if method in SKIP_METHODS:
@@ -164,7 +165,8 @@ class Trainer:
         self.v32 = zeros("i", max(dims[1:]))
         self.g16 = zeros("h", C)
         self.ge16 = zeros("h", C)
-        self.p = zeros("f", C)
+        self.yq = zeros("i", C)    # logits, Q16
+        self.e14 = zeros("i", C)   # exp(y - max y), Q14
         self._chunk = zeros("f", 64)  # save(): real-valued adapters written 64 at a time
         self.dM = [zeros("i", dims[i + 1]) for i in range(L)]   # per-channel multipliers
         self.dN = [bytearray(dims[i + 1]) for i in range(L)]    # per-channel shifts
@@ -181,12 +183,7 @@ class Trainer:
             a.A16 = [zeros("h", a.d) for _ in range(r)]
             a.B32, a.B16 = zeros("i", C * r), zeros("h", C * r)
             a.U, a.E = zeros("h", r), zeros("i", r)
-            # real-valued init, kept until the activation scales are known, then freed
-            a.A0 = [zeros("f", a.d) for _ in range(r)]
-            bound = 1.0 / (a.d ** 0.5)
-            for row in a.A0:
-                for k in range(a.d):
-                    row[k] = self.rng.uniform(bound)
+            a.drawn = False  # A's initial values are drawn once the activation scales exist
             n_chunks = (a.d + 511) // 512
             a.ps = 0
             while (1 << a.ps) < n_chunks:
@@ -205,48 +202,67 @@ class Trainer:
             self.cache = Cache(self.cache_path, m.file_crc, ds.file_crc, self.n, segs, bufs)
 
     def _set_scales(self, scales, adapters=True):
-        """scales[i] = real value of one int8 code of x_{i+1}; derive every constant (and,
-        the first time, the adapters' int32 masters from their real-valued init)."""
+        """scales[i] = float32 bit pattern of the real value of one int8 code of x_{i+1};
+        derive every integer constant from it (and, the first time, draw the adapters'
+        int32 masters). Integers only (qmath), so every board gets the same constants."""
         m, L = self.model, self.L
         self.scales = scales
         for i in range(L):
             lay = m.layers[i]
             Ms, Ns, Bs = self.dM[i], self.dN[i], self.dB[i]
+            mx, ex = split(scales[i])
             for j in range(lay.d_out):
-                M, n = q15(lay.scale[j] * scales[i] * 65536.0)
+                mw, ew = split(bits_at(lay.scale, j))
+                M, n = q15(mw * mx, 1, ew + ex + 16)
                 if n > 255:
                     M, n = 0, 15
                 Ms[j], Ns[j] = M, n
-                Bs[j] = _sat(int(math.floor(lay.bias[j] * 65536.0 + 0.5)))
+                mb, eb = split(bits_at(lay.bias, j))
+                Bs[j] = _sat(rshift_round(mb, -16 - eb))
             if i + 1 < L:
-                self.rq[i] = q15(1.0 / (scales[i + 1] * 65536.0))
+                mn, en = split(scales[i + 1])
+                self.rq[i] = q15(1, mn, -16 - en)
+        m0, e0 = split(scales[0])
+        self._qx = q15(1, m0, -e0)  # 1 / scale of x_1: float samples to int8 codes
         if not adapters:
             return
         for a in self.ads:
-            f, e = math.frexp(scales[a.layer])
-            a.m, a.Eexp = f, -e   # x = q * m * 2**-E
+            mi, ei = split(scales[a.layer])
+            while mi < 0x800000:  # the mantissa as 24 bits, m = mi / 2**24 in [0.5, 1)
+                mi <<= 1
+                ei -= 1
+            a.m24, a.Eexp = mi, -ei - 24   # x = q * m * 2**-Eexp
             a.shu = 4 + a.Eexp - a.ps
-            if a.A0 is not None:
-                for q in range(a.ar):
-                    A0, A32, A16 = a.A0[q], a.A32[q], a.A16[q]
-                    for i in range(a.d):
-                        v = _sat(int(math.floor(A0[i] * f * 1073741824.0 + 0.5)))
-                        A32[i] = v
-                        A16[i] = (v + 32768) >> 16
-                a.A0 = None
+            a.R, a.Rsh = qbits(1, mi, -6, 30)  # real A = A32 / (m * 2**30) = A32 * R / 2**Rsh
+            if not a.drawn:
+                self._draw_a(a)
+
+    def _draw_a(self, a):
+        """A's initial int32 masters: the float path's uniform(-1/sqrt(d), 1/sqrt(d)) draws
+        (same generator, same order), scaled by m * 2**30 in integers."""
+        K = isqrt(((a.m24 * a.m24) << 44) // a.d)  # m24 * 2**22 / sqrt(d)
+        rng = self.rng
+        for q in range(a.ar):
+            A32, A16 = a.A32[q], a.A16[q]
+            for i in range(a.d):
+                v = _sat(rshift_round(((rng.next_u32() >> 8) * 2 - 16777216) * K, 40))
+                A32[i] = v
+                A16[i] = (v + 32768) >> 16
+        a.drawn = True
 
     def _batch_consts(self, nb):
-        """Shifts and multipliers for a batch of nb samples: eta = lr * s / nb = f * 2**-h."""
-        eta = self.lr * self.s / nb
-        if eta <= 0:
+        """Shifts and multipliers for a batch of nb samples: eta = lr * s / nb = F * 2**-n."""
+        ml, el = self._lr_parts
+        ma, ea = self._alpha_parts
+        F, n = q15(ml * ma, self.rank * nb, el + ea)
+        if F == 0:
             self._eta = None
             return
-        f, e = math.frexp(eta)
-        h = -e
-        self._eta = f
+        h = n - 15  # eta = (F / 2**15) * 2**-h
+        self._eta = F
         self._shb = h - 5
         for a in self.ads:
-            a.Mp = int(f * a.m * a.m * 32768 + 0.5)
+            a.Mp = rshift_round(F * a.m24 * a.m24, 48)
             a.sha = h + a.Eexp - 3 - T_BG
 
     def _load_x1_fixed(self, k):
@@ -254,11 +270,8 @@ class Trainer:
         if ds.dtype == I8:
             return ds.read(k, self.x1view)
         lab = ds.read(k)
-        x, q = ds.x, self.xq[0]
-        inv = 1.0 / self.scales[0]
-        for i in range(len(x)):
-            v = int(math.floor(x[i] * inv + 0.5))
-            q[i] = 127 if v > 127 else (-127 if v < -127 else v)
+        M, n = self._qx
+        self.K.quant_f32(ds.x, ds.n_features, M, n, self.xq[0])
         return lab
 
     def _frozen_fixed(self, upto=None):
@@ -280,23 +293,23 @@ class Trainer:
         return 0
 
     def _calibrate(self):
-        """Per-layer int8 scales from the dataset's maxima: L-1 streaming passes."""
+        """Per-layer int8 scales (float32 bit patterns) from the dataset's maxima: L-1
+        streaming passes."""
         ds, L = self.data, self.L
         scales = [None] * L
         if ds.dtype == I8:
-            scales[0] = _f32(ds.scale)
+            scales[0] = bits(ds.scale)
         else:
-            peak = 0.0
+            peak = 0
             for k in range(self.n):
                 ds.read(k)
-                for v in ds.x:
-                    if v > peak:
-                        peak = v
-                    elif -v > peak:
-                        peak = -v
-            scales[0] = _f32(max(peak, 1e-30) / 127.0)
+                b = self.K.absmax_f32(ds.x, ds.n_features)
+                if b > peak:
+                    peak = b
+            mp, ep = split(peak) if peak else (1, -100)
+            scales[0] = f32_ratio(mp, 127, ep)
         for i in range(L - 1):
-            tmp = scales[:i + 1] + [1.0] * (L - i - 1)
+            tmp = scales[:i + 1] + [ONE_BITS] * (L - i - 1)
             self._set_scales(tmp, adapters=False)
             best = 256
             for k in range(self.n):
@@ -304,7 +317,7 @@ class Trainer:
                 b = self._frozen_fixed(upto=i)
                 if b > best:
                     best = b
-            scales[i + 1] = _f32(best / 65536.0 / 127.0)
+            scales[i + 1] = f32_ratio(best, 127 * 65536)
         return scales
 
     def _step_fixed(self, k, refresh):
@@ -324,30 +337,10 @@ class Trainer:
             for q in range(a.ar):
                 U[q] = K.adapter_u(a.A16[q], x, d, ps, shu)
             K.logits_bu(a.B16, U, C, a.ar, y32, sx)
-        # softmax of C values in float, g as Q1.14
-        z, p, s = self.z32, self.p, self.s
-        best = 0
-        for c in range(C):
-            p[c] = z[c] * (1.0 / 65536) + s * y32[c] * (1.0 / 1048576)
-            if p[c] > p[best]:
-                best = c
-        ymax = p[best]
-        loss = ymax - p[lab]
-        tot = 0.0
-        for c in range(C):
-            e = math.exp(p[c] - ymax)
-            p[c] = e
-            tot += e
-        loss += math.log(tot)
+        loss, best = self._softmax(lab)
         if self._eta is None:
             return loss, best == lab
-        f = self._eta
-        g16, ge16 = self.g16, self.ge16
-        for c in range(C):
-            gv = p[c] / tot - (1.0 if c == lab else 0.0)
-            g16[c] = int(math.floor(gv * 16384 + 0.5))
-            ge16[c] = int(math.floor(gv * f * 16384 + 0.5))
-        shb = self._shb
+        shb, g16, ge16 = self._shb, self.g16, self.ge16
         for a in self.ads:
             K.bg(a.B16, g16, C, a.ar, a.Mp, T_BG, a.E)
             K.upd_b(a.B32, a.B16, ge16, a.U, C, a.ar, shb, refresh, sx)
@@ -355,6 +348,56 @@ class Trainer:
             for q in range(a.ar):
                 K.upd_a(a.A32[q], a.A16[q], x, E[q], d, sha, refresh, sx)
         return loss, best == lab
+
+    def _softmax(self, lab):
+        """Integer softmax: logits y = z + s * sum B u in Q16, p = exp(y - max y) / sum in
+        Q15, then g = p - onehot as g16 (Q1.14) and ge16 = g * eta's mantissa (Q1.14).
+        Returns (loss for the progress line, predicted class)."""
+        z, y32, yq, e14, C = self.z32, self.y32, self.yq, self.e14, self.C
+        Ms, ns = self._s15
+        sh = ns - 11  # y32 is Q20: y32 * Ms / 2**ns / 16 in Q16; the product is y * Ms / 2**15
+        best = 0
+        for c in range(C):
+            y = y32[c]
+            t = (y >> 15) * Ms + (((y & 0x7FFF) * Ms + 16384) >> 15)
+            if sh > 0:
+                t = ((t >> (sh - 1)) + 1) >> 1
+            elif sh < 0:
+                lim = LIM >> -sh
+                t = (lim if t > lim else (-lim if t < -lim else t)) << -sh
+            y = _sat(z[c] + t)
+            yq[c] = y
+            if y > yq[best]:
+                best = c
+        ymax = yq[best]
+        tot = 0
+        for c in range(C):
+            d = ymax - yq[c]  # exp(-d / 2**16) = 2**(-w / 2**16), w = d * log2(e)
+            v = 0
+            if d < 720896:  # below exp(-11) the Q14 value rounds to 0
+                w = (d >> 15) * 47274 + (((d & 0x7FFF) * 23637 + 8192) >> 14)
+                ip = w >> 16
+                if ip < 15:
+                    fr = w & 0xFFFF
+                    k = fr >> 10
+                    t0 = EXP2_Q14[k]
+                    v = t0 - (((t0 - EXP2_Q14[k + 1]) * (fr & 0x3FF) + 512) >> 10)
+                    if ip:
+                        v = (v + (1 << (ip - 1))) >> ip
+            e14[c] = v
+            tot += v
+        loss = math.log(tot) - LN_16384 + (ymax - yq[lab]) / 65536
+        F = self._eta
+        if F is None:
+            return loss, best
+        g16, ge16, half = self.g16, self.ge16, tot >> 1
+        for c in range(C):
+            g = (e14[c] * 32768 + half) // tot
+            if c == lab:
+                g -= 32768
+            g16[c] = (g + 1) >> 1
+            ge16[c] = (g * F + 32768) >> 16
+        return loss, best
 
     # ================================================================== driver
 
@@ -367,14 +410,14 @@ class Trainer:
                 if self.x1_in_cache:
                     full = scales[:-1]
                 else:
-                    full = [_f32(self.data.scale)] + scales[:-1]
+                    full = [bits(self.data.scale)] + scales[:-1]
                 self._set_scales(full)
             else:
                 full = self._calibrate()
                 self._set_scales(full)
             self._need_x1 = any(a.layer == 0 for a in self.ads)
             if self.cache is not None and scales is None:
-                segscales = ([full[0]] if self.x1_in_cache else []) + full[1:] + [1.0 / 65536]
+                segscales = ([full[0]] if self.x1_in_cache else []) + full[1:] + [Z_BITS]
 
                 def fill(k):
                     self._load_x1_fixed(k)
@@ -386,7 +429,7 @@ class Trainer:
                 def fill(k):
                     self._fp.load_x1(self, k)
                     self._fp.frozen(self)
-                self.cache.build([1.0] * len(self.cache.segs), fill)
+                self.cache.build([ONE_BITS] * len(self.cache.segs), fill)
                 self.cache_built = True
         self._prepared = True
 
@@ -466,9 +509,10 @@ class Trainer:
     # ================================================================== results
 
     def _payload(self):
-        """The adapters in real units, as f32 buffers in file order (A rows then B); the
-        fixed path converts through one preallocated 64-value buffer, so saving allocates
-        nothing large even on a fragmented heap."""
+        """The adapters in real units, as f32 buffers in file order (A rows then B). The
+        fixed path converts its int32 masters 64 values at a time into one preallocated
+        buffer (to_f32, an integer kernel: the same float32 bits on every board), so saving
+        allocates nothing large even on a fragmented heap."""
         if not self.fixed:
             for a in self.ads:
                 for row in a.A:
@@ -477,28 +521,17 @@ class Trainer:
             return
         if not self._prepared:
             self._prepare()
-        buf = self._chunk
-        mv = memoryview(buf)
-        n = len(buf)
+        K, sx, buf = self.K, kernels.SX, self._chunk
+        mv, n = memoryview(buf), len(buf)
         for a in self.ads:
-            ka = 1.0 / (1073741824.0 * a.m)
-            for q in range(a.ar):
-                row = a.A32[q]
-                k0 = 0
-                while k0 < a.d:
-                    k1 = min(k0 + n, a.d)
-                    for i in range(k0, k1):
-                        buf[i - k0] = row[i] * ka
+            for src, R, sh in [(row, a.R, a.Rsh) for row in a.A32] + [(a.B32, 1 << 29, 58)]:
+                src = memoryview(src)  # B = B32 / 2**29, A = A32 * R / 2**sh
+                k0, d = 0, len(src)
+                while k0 < d:
+                    k1 = min(k0 + n, d)
+                    K.to_f32(src[k0:k1], k1 - k0, R, sh, buf, sx)
                     yield mv[:k1 - k0]
                     k0 = k1
-            kb = 1.0 / 536870912.0
-            k0 = 0
-            while k0 < len(a.B32):
-                k1 = min(k0 + n, len(a.B32))
-                for i in range(k0, k1):
-                    buf[i - k0] = a.B32[i] * kb
-                yield mv[:k1 - k0]
-                k0 = k1
 
     def _entries(self):
         return [(a.layer, a.kind, a.ar, a.ac, a.br, a.bc) for a in self.ads]
@@ -508,30 +541,18 @@ class Trainer:
         in real units (the fixed path allocates them: call outside the training loop)."""
         if not self.fixed:
             return [(a.layer, a.kind, a.A, a.ar, a.ac, a.B, a.br, a.bc) for a in self.ads]
-        bufs = []
-        for buf in self._payload():
-            bufs.append(zeros("f", len(buf)))
-            for i in range(len(buf)):
-                bufs[-1][i] = buf[i]
+        chunks = self._payload()
         out = []
         for a in self.ads:
-            rows = []
-            for q in range(a.ar):
-                row = zeros("f", a.d)
-                k0 = 0
-                while k0 < a.d:
-                    part = bufs.pop(0)
-                    for i in range(len(part)):
-                        row[k0 + i] = part[i]
-                    k0 += len(part)
-                rows.append(row)
+            rows = [zeros("f", a.d) for _ in range(a.ar)]
             B = zeros("f", a.br * a.bc)
-            k0 = 0
-            while k0 < len(B):
-                part = bufs.pop(0)
-                for i in range(len(part)):
-                    B[k0 + i] = part[i]
-                k0 += len(part)
+            for dst in rows + [B]:
+                k0 = 0
+                while k0 < len(dst):
+                    part = next(chunks)
+                    for i in range(len(part)):
+                        dst[k0 + i] = part[i]
+                    k0 += len(part)
             out.append((a.layer, a.kind, rows, a.ar, a.ac, B, a.br, a.bc))
         return out
 
@@ -556,7 +577,8 @@ class Trainer:
             raise S2LError("restore() must come before any training", path)
         info = read_adapters(path)
         ads = info["adapters"]
-        mine = (self.model.file_crc, self.method, self.rank, _f32(self.alpha), self._entries())
+        mine = (self.model.file_crc, self.method, self.rank, value(bits(self.alpha)),
+                self._entries())
         theirs = (info["model_crc"], info["method"], info["rank"], info["alpha"],
                   [(e[0], e[1], e[3], e[4], e[6], e[7]) for e in ads])
         if mine != theirs:
@@ -577,10 +599,12 @@ class Trainer:
                 if not self.restored_exact:  # round the f32 values (not bit-exact)
                     for q in range(a.ar):
                         A32, row = a.A32[q], e[2][q]
-                        for i in range(a.d):
-                            A32[i] = _sat(int(math.floor(row[i] * a.m * 1073741824.0 + 0.5)))
-                    for i in range(len(a.B32)):
-                        a.B32[i] = _sat(int(math.floor(e[5][i] * 536870912.0 + 0.5)))
+                        for i in range(a.d):  # A32 = A * m * 2**30
+                            mr, er = split(bits_at(row, i))
+                            A32[i] = _sat(rshift_round(mr * a.m24, -6 - er))
+                    for i in range(len(a.B32)):  # B32 = B * 2**29
+                        mr, er = split(bits_at(e[5], i))
+                        a.B32[i] = _sat(rshift_round(mr, -29 - er))
                 for src, dst in zip(a.A32 + [a.B32], a.A16 + [a.B16]):
                     for i in range(len(src)):  # forward copies, as refreshed at a batch end
                         dst[i] = (src[i] + 32768) >> 16
@@ -595,8 +619,8 @@ class Trainer:
         """magic, the adapters file's CRC (ties the state to that very file), the adapter
         count, and each adapter's activation-scale mantissa (the masters' unit)."""
         head = struct.pack("<4sII", STATE_MAGIC, adapters_crc, len(self.ads))
-        for a in self.ads:
-            head += struct.pack("<f", a.m)
+        for a in self.ads:  # m = m24 / 2**24 as a float32: exponent field 126
+            head += struct.pack("<I", (126 << 23) | (a.m24 & 0x7FFFFF))
         return head
 
     def _save_state(self, path, adapters_crc):
