@@ -5,15 +5,16 @@ answer here and the wrong one on a board. This test runs the device's own pure-P
 (device/s2l/kernels_py.py, the line-by-line twin of kernels_viper.py) on CPython with every
 value wrapped in I32, an int that raises as soon as any intermediate leaves the int32 range,
 on the worst-case inputs the trainer can produce (docs/device.md, "Bounds"). It then runs the
-viper kernels on the same inputs on the MicroPython unix port and requires identical results,
-so the viper code computes exactly what was checked.
+viper kernels on the same inputs on the MicroPython unix port and on the 32-bit Cortex-M
+firmware (tests/device/mpyrun.py) and requires identical results, so the viper code computes
+exactly what was checked.
 """
 import importlib.util
 import json
 
 import pytest
 
-from mpyrun import DEVICE, run
+from mpyrun import DEVICE, KINDS, run
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 LIM = 0x3FFFFFFF
@@ -156,22 +157,81 @@ def test_bounds_would_be_violated_without_the_guards():
         _run_py("adapter_u", [[A16_MAX] * 4096, [-128] * 4096, 4096, 0, 0])
 
 
+# Arrays cross as runs [[value, count], ...] both ways: the worst cases are long constant rows
+# (6 MB as plain lists, more than the boards' 4 MB disk).
+# Arrays cross as runs [[value, count], ...] both ways: the worst cases are long constant rows
+# (6 MB as plain lists, more than the boards' 4 MB disk). The first line gives the elements each
+# typecode needs at most in one case: one pool per typecode, allocated before anything else
+# (later, a 192 KB heap has no 64 KB block left), cut into the case's arrays by memoryview.
 VIPER = r"""
-from s2l import kernels_viper as K
-with open("cases.json") as f:
-    CASES = json.load(f)
-from s2l.kernels import SX
 from array import array
-TC = {"ptr8": "b", "ptr16": "h", "ptr32": "i"}
-for name, args, types in CASES:
-    conv = []
-    for a, t in zip(args, types):
-        conv.append(array(t, a) if isinstance(a, list) else a)
-    if name in ("dense_q16", "requant8", "logits_bu", "upd_b", "upd_a"):
-        conv[-1] = SX
-    ret = getattr(K, name)(*conv)
-    RESULT(ret=ret, outs=[list(a) for a in conv if not isinstance(a, int)])
+
+
+class Runs:  # the values of [[value, count], ...]; a len lets array() allocate once
+    def __init__(self, runs):
+        self.runs = runs
+
+    def __len__(self):
+        return sum(c for _, c in self.runs)
+
+    def __iter__(self):
+        for v, c in self.runs:
+            for _ in range(c):
+                yield v
+
+
+def rle(a):
+    runs = []
+    for v in a:
+        if runs and runs[-1][0] == v:
+            runs[-1][1] += 1
+        else:
+            runs.append([v, 1])
+    return runs
+
+
+f = open("cases.jsonl")
+POOL = {t: array(t, Runs([[0, n]])) for t, n in sorted(json.loads(f.readline()).items(),
+                                                           key=lambda tn: -tn[1])}
+from s2l import kernels_viper as K
+from s2l.kernels import SX
+with open("out.jsonl", "w") as out:
+    for line in f:
+        name, args, types = json.loads(line)
+        conv, used = [], {}
+        for a, t in zip(args, types):
+            if isinstance(a, list):
+                n, at = sum(c for _, c in a), used.get(t, 0)
+                mv = memoryview(POOL[t])[at:at + n]
+                used[t] = at + n
+                i = 0
+                for v in Runs(a):
+                    mv[i] = v
+                    i += 1
+                a = mv
+            conv.append(a)
+        if name in ("dense_q16", "requant8", "logits_bu", "upd_b", "upd_a"):
+            conv[-1] = SX
+        args = types = line = None
+        ret = getattr(K, name)(*conv)
+        out.write(json.dumps({"ret": ret, "outs": [rle(a) for a in conv
+                                                   if not isinstance(a, int)]}) + "\n")
+        conv = mv = None
+        gc.collect()
+f.close()
+RESULT(sx=SX)
 """
+
+
+def rle(values):
+    runs = []
+    for v in values:
+        if runs and runs[-1][0] == v:
+            runs[-1][1] += 1
+        else:
+            runs.append([v, 1])
+    return runs
+
 
 TYPES = {"adapter_u": ["h", "b"], "dense_q16": ["b", "b", None, None, None, "i", "B", "i", "i"],
          "requant8": ["i", None, None, None, None, "b"], "logits_bu": ["h", "h", None, None, "i"],
@@ -179,15 +239,29 @@ TYPES = {"adapter_u": ["h", "b"], "dense_q16": ["b", "b", None, None, None, "i",
          "upd_b": ["i", "h", "h", "h"], "upd_a": ["i", "h", "b"]}
 
 
-def test_viper_kernels_equal_checked_twin(tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_viper_kernels_equal_checked_twin(tmp_path, kind):
+    """On the unix port (64-bit viper ints, SX=32) and on the 32-bit boards (SX=0, where an
+    overflow wraps silently)."""
     cases = []
     for name, args in CASES:
         types = TYPES[name] + [None] * (len(args) - len(TYPES[name]))
-        cases.append((name, args, types))
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    res, _ = run(VIPER, tmp_path, heap="16M")
-    assert len(res) == len(cases)
-    for i, ((name, args, _), got) in enumerate(zip(cases, res)):
+        cases.append((name, [rle(a) if isinstance(a, list) else a for a in args], types))
+    pools = {}
+    for name, args, types in cases:
+        need = {}
+        for a, t in zip(args, types):
+            if isinstance(a, list):
+                need[t] = need.get(t, 0) + sum(c for _, c in a)
+        for t, n in need.items():
+            pools[t] = max(pools.get(t, 0), n)
+    (tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n"
+                                                  for c in [pools] + cases))
+    res, _ = run(VIPER, tmp_path, heap="16M", kind=kind, deploy="py" if kind == "unix" else "mpy")
+    assert res == [{"sx": 32 if kind == "unix" else 0}]
+    got = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(got) == len(cases)
+    for i, ((name, args, _), g) in enumerate(zip(cases, got)):
         want = _checked(i)
-        assert got["ret"] == want["ret"], (name, got["ret"], want["ret"])
-        assert got["outs"] == want["outs"], name
+        assert g["ret"] == want["ret"], (name, g["ret"], want["ret"])
+        assert g["outs"] == [rle(o) for o in want["outs"]], name
