@@ -163,6 +163,20 @@ def test_bounds_would_be_violated_without_the_guards():
 # (6 MB as plain lists, more than the boards' 4 MB disk). The first line gives the elements each
 # typecode needs at most in one case: one pool per typecode, allocated before anything else
 # (later, a 192 KB heap has no 64 KB block left), cut into the case's arrays by memoryview.
+RLE = """
+def rle(values):
+    runs = []
+    for v in values:
+        if runs and runs[-1][0] == v:
+            runs[-1][1] += 1
+        else:
+            runs.append([v, 1])
+    return runs
+"""
+_ns = {}
+exec(RLE, _ns)  # the same rle() on the host and on the board
+rle = _ns["rle"]
+
 VIPER = r"""
 from array import array
 
@@ -180,15 +194,7 @@ class Runs:  # the values of [[value, count], ...]; a len lets array() allocate 
                 yield v
 
 
-def rle(a):
-    runs = []
-    for v in a:
-        if runs and runs[-1][0] == v:
-            runs[-1][1] += 1
-        else:
-            runs.append([v, 1])
-    return runs
-
+""" + RLE + r"""
 
 f = open("cases.jsonl")
 POOL = {t: array(t, Runs([[0, n]])) for t, n in sorted(json.loads(f.readline()).items(),
@@ -221,16 +227,6 @@ with open("out.jsonl", "w") as out:
 f.close()
 RESULT(sx=SX)
 """
-
-
-def rle(values):
-    runs = []
-    for v in values:
-        if runs and runs[-1][0] == v:
-            runs[-1][1] += 1
-        else:
-            runs.append([v, 1])
-    return runs
 
 
 TYPES = {"adapter_u": ["h", "b"], "dense_q16": ["b", "b", None, None, None, "i", "B", "i", "i"],

@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from mpyrun import BOARD_KINDS, FIXTURES, KINDS, build_mpy, progress_lines, run
+from mpyrun import FIXTURES, KINDS, build_mpy, run
 from skip2lora import formats as F
+from test_device_predict import SCRIPT as PREDICT_SCRIPT, X
 
 ON_EVERY_KIND = pytest.mark.parametrize("kind", KINDS)
-ON_BOARDS = pytest.mark.parametrize("kind", BOARD_KINDS)
 
 
 # ------------------------------------------------------------------ predict
@@ -42,24 +42,12 @@ def json_logits(model, x, adapters=None):
     return h
 
 
-X = np.array([[((k * 7 + j * 3) % 11 - 5) / 4.0 for j in range(8)] for k in range(5)])
-
-PREDICT = r"""
-from s2l import Model
-m = Model(MODEL)
-if ADAPTERS:
-    m.load_adapters(ADAPTERS)
-for x in XS:
-    RESULT(logits=[v for v in m.forward(x)], cls=m.predict(x))
-"""
-
-
 @ON_EVERY_KIND
 @pytest.mark.parametrize("model,adapters", [("model-f32", None), ("model-int8", None),
                                             ("model-f32", "adapters")])
 def test_predict_equals_fixture_json(fixdir, kind, model, adapters):
     res, _ = run("MODEL=%r\nADAPTERS=%r\nXS=%r\n" % (
-        model + ".s2lm", adapters and adapters + ".s2la", X.tolist()) + PREDICT, fixdir,
+        model + ".s2lm", adapters and adapters + ".s2la", X.tolist()) + PREDICT_SCRIPT, fixdir,
         kind=kind, files=[model + ".s2lm"] + ([adapters + ".s2la"] if adapters else []))
     want = json_logits(fixture_json(model + ".json"), X,
                        adapters and fixture_json(adapters + ".json"))
