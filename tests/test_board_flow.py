@@ -3,45 +3,22 @@
 Each command runs in its own process, as a user runs it; what they print, what lands on the
 flash image and what the board predicts are checked against the host's own readers.
 """
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from skip2lora.data.synthetic import make_drift
-from skip2lora.formats import DTYPE_F32, dataset_from_arrays, read_adapters, write_dataset
-from skip2lora.pretrain import pretrain, save_torch
+from cli_helpers import drift_model, mpremote, skip2lora
 from skip2lora.board.virtual import VirtualBoard, open_image
+from skip2lora.formats import DTYPE_F32, dataset_from_arrays, read_adapters, write_dataset
 
 DIMS = (16, 12, 8, 3)
-
-
-def skip2lora(*args, check=True, timeout=300):
-    done = subprocess.run([sys.executable, "-m", "skip2lora", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert done.returncode == 0, done.stdout + done.stderr
-    return done
-
-
-def mpremote(port, *args):
-    mp = os.path.join(os.path.dirname(sys.executable), "mpremote")
-    done = subprocess.run([mp, "connect", port, *args], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A small pre-trained model compiled to int8, its drift data, and a running board."""
     d = tmp_path_factory.mktemp("flow")
-    sc = make_drift(n_features=DIMS[0], n_train=300, n_finetune=240, n_test=120, seed=3)
-    save_torch(pretrain(*sc.pretrain, dims=DIMS, epochs=30, seed=0), d / "model.pt")
-    np.savez(d / "finetune.npz", x=sc.finetune[0], y=sc.finetune[1])
-    np.savez(d / "test.npz", x=sc.test[0], y=sc.test[1])
-    skip2lora("compile", d / "model.pt", "-o", d / "model.s2lm", "--dtype", "int8")
+    sc = drift_model(d, DIMS, n_train=300, n_finetune=240, n_test=120, epochs=30)
     with VirtualBoard(d / "flash.img", heap="192K", flash="2M", run_dir=d / "run") as board:
         yield d, sc, board
 

@@ -6,17 +6,13 @@ Outside CI a missing one skips these tests with the reason; under CI=true it fai
 """
 import os
 import shutil
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 
+from cli_helpers import drift_model, mpremote, skip2lora
 from skip2lora.board.virtual import VirtualBoard, open_image, start_board
 from skip2lora.board.virtual.qemu import platforms_dir
-from skip2lora.data.synthetic import make_drift
 from skip2lora.errors import UserError
-from skip2lora.pretrain import pretrain, save_torch
 
 ARCH = {"cortex-m0plus": "armv6m", "cortex-m4f": "armv7emsp"}
 KINDS = pytest.mark.parametrize("kind", sorted(ARCH))
@@ -37,26 +33,6 @@ def needs_qemu(kind):
         pytest.fail(f"CI must run the Cortex-M boards: {why}")
     if why:
         pytest.skip(why)
-
-
-def run(*argv, env=None, timeout=120):
-    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-    return done
-
-
-def mpremote(port, *args):
-    mp = os.path.join(os.path.dirname(sys.executable), "mpremote")
-    done = run(mp, "connect", port, *args, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def skip2lora(*args, env=None, check=True, timeout=120):
-    done = run(sys.executable, "-m", "skip2lora", *args, env=env, timeout=timeout)
-    if check:
-        assert done.returncode == 0, done.stdout + done.stderr
-    return done
 
 
 @KINDS
@@ -122,11 +98,7 @@ DIMS = (16, 12, 8, 3)
 def tiny(tmp_path_factory):
     """A small int8 model and a little drift data: the UART moves only ~4-5 KB/s."""
     d = tmp_path_factory.mktemp("tiny")
-    sc = make_drift(n_features=DIMS[0], n_train=200, n_finetune=40, n_test=60, seed=3)
-    save_torch(pretrain(*sc.pretrain, dims=DIMS, epochs=20, seed=0), d / "model.pt")
-    np.savez(d / "finetune.npz", x=sc.finetune[0], y=sc.finetune[1])
-    np.savez(d / "test.npz", x=sc.test[0], y=sc.test[1])
-    skip2lora("compile", d / "model.pt", "-o", d / "model.s2lm", "--dtype", "int8")
+    drift_model(d, DIMS, n_train=200, n_finetune=40, n_test=60, epochs=20)
     return d
 
 

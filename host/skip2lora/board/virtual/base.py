@@ -7,6 +7,7 @@ at the board's pty, and stops cleanly on SIGTERM. So finding the default port, `
 `board stop` and a power cut (SIGKILL) work the same whatever runs behind the pty: the
 MicroPython unix port (unix.py) or real Cortex-M firmware under QEMU (qemu.py).
 """
+import argparse
 import json
 import os
 import re
@@ -209,12 +210,9 @@ def pdeathsig_setter(sig):
     return lambda: prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def supervisor_locks(run_dir, image, parent):
-    """The start of every supervisor: die with `parent` if given, and hold the run dir and the
-    image locked (two boards on one image would overwrite each other's files).
-
-    Returns the open lock files (keep them), or an exit status and a message on stderr.
-    """
+def _lock(run_dir, image, parent):
+    """Die with `parent` if given, and hold the run dir and the image locked (two boards on one
+    image would overwrite each other's files). The open lock files, or an exit status."""
     import fcntl
 
     if parent:
@@ -234,6 +232,37 @@ def supervisor_locks(run_dir, image, parent):
         print(f"the image {image} is in use by another virtual board", file=sys.stderr)
         return 3
     return lock, image_lock
+
+
+def supervisor_main(module, add_arguments, run):
+    """The `__main__` of every supervisor module: `python -m <module> supervise --run-dir DIR
+    --image FILE [--parent PID] <its own options>`; locks, then run(args) -> exit status."""
+    if sys.argv[1:2] != ["supervise"]:
+        print(f"usage: python -m {module} supervise ... (use `skip2lora board start`)",
+              file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"python -m {module} supervise")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--parent", type=int, default=0,
+                        help="stop when this process (the one that started us) dies")
+    add_arguments(parser)
+    args = parser.parse_args(sys.argv[2:])
+    held = _lock(args.run_dir, args.image, args.parent)
+    if isinstance(held, int):
+        return held
+    return run(args)
+
+
+def catch_stop_signals(handler):
+    """SIGTERM, SIGINT and SIGHUP call handler, and wake a poll on the returned fd."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, handler)
+    return wake_r
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ that fragments) pass there. These kinds run the firmware built from MicroPython'
 The supervisor also keeps the pty open. QEMU takes a pty nobody holds as disconnected and then
 looks for the host's bytes only once a second, which made every mpremote call a second slower.
 """
-import argparse
 import json
 import os
 import select
@@ -27,8 +26,9 @@ import tty
 from pathlib import Path
 
 from skip2lora.board.virtual.base import (CHILD_PID_FILE, HOST_DIR, KiB, LINK_NAME, LOG_FILE,
-                                          VirtualBoard, format_size, pdeathsig_setter,
-                                          point_link, remove_state, supervisor_locks, write_state)
+                                          VirtualBoard, catch_stop_signals, format_size,
+                                          pdeathsig_setter, point_link, remove_state,
+                                          supervisor_main, write_state)
 from skip2lora.board.virtual.images import RAM_DISK_ADDR, RAM_DISK_BYTES
 from skip2lora.errors import UserError
 from skip2lora.formats import write_atomic
@@ -224,12 +224,7 @@ class Supervisor:
         self.log(f"RAM disk saved to {self.image}")
 
     def run(self):
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self.on_signal)
+        wake_r = catch_stop_signals(self.on_signal)
         try:
             self.spawn()
             self.wait_for_prompt()
@@ -277,25 +272,15 @@ class Supervisor:
         self.stopping = True
 
 
-def supervise_main(argv):
-    parser = argparse.ArgumentParser(prog="python -m skip2lora.board.virtual.qemu supervise")
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--image", required=True)
+def _add_arguments(parser):
     parser.add_argument("--kind", required=True, choices=sorted(MACHINES))
     parser.add_argument("--qemu", required=True)
     parser.add_argument("--firmware", required=True)
-    parser.add_argument("--parent", type=int, default=0,
-                        help="stop when this process (the one that started us) dies")
-    args = parser.parse_args(argv)
-    held = supervisor_locks(args.run_dir, args.image, args.parent)
-    if isinstance(held, int):
-        return held
+
+
+def _run(args):
     return Supervisor(args.run_dir, args.image, args.kind, args.qemu, args.firmware).run()
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["supervise"]:
-        sys.exit(supervise_main(sys.argv[2:]))
-    print("usage: python -m skip2lora.board.virtual.qemu supervise ... "
-          "(use `skip2lora board start --emulate KIND`)", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(supervisor_main("skip2lora.board.virtual.qemu", _add_arguments, _run))

@@ -18,7 +18,6 @@ The flash is a file: the interpreter opens it as a block device before `vfs.umou
 board sees only its LittleFS, and writes go straight to the file (a killed supervisor is a power
 cut). docs/virtual-board.md explains the design and how a real board differs.
 """
-import argparse
 import os
 import pty
 import re
@@ -31,8 +30,8 @@ import tty
 from pathlib import Path
 
 from skip2lora.board.virtual.base import (CHILD_PID_FILE, KiB, LINK_NAME, LOG_FILE, format_size,
-                                          pdeathsig_setter, point_link, remove_state,
-                                          supervisor_locks, write_state)
+                                          catch_stop_signals, pdeathsig_setter, point_link,
+                                          remove_state, supervisor_main, write_state)
 from skip2lora.board.virtual.images import BLOCK_SIZE, FLASH_IMAGE
 
 HARD_RESET_EXIT = 211  # exit status of the interpreter for machine.reset()
@@ -397,12 +396,7 @@ class Supervisor:
 
     def run(self):
         self.open_port()
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self.on_signal)
+        wake_r = catch_stop_signals(self.on_signal)
         self.log(f"supervisor {os.getpid()} starting: image {self.image}, "
                  f"heap {format_size(self.heap)}, flash {format_size(self.flash)}")
         self.spawn(raw=False, run_main=True)
@@ -522,23 +516,15 @@ class Supervisor:
         self.log("supervisor stopped")
 
 
-def supervise_main(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m skip2lora.board.virtual.unix_supervisor supervise")
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--image", required=True)
+def _add_arguments(parser):
     parser.add_argument("--heap", type=int, required=True)
     parser.add_argument("--micropython", required=True)
-    parser.add_argument("--parent", type=int, default=0,
-                        help="stop when this process (the one that started us) dies")
-    args = parser.parse_args(argv)
-    held = supervisor_locks(args.run_dir, args.image, args.parent)
-    if isinstance(held, int):
-        return held
-    run_dir = Path(args.run_dir)
+
+
+def _run(args):
     trace = os.environ.get("SKIP2LORA_VBOARD_TRACE", "") not in ("", "0")
     try:
-        Supervisor(run_dir, args.image, args.heap, args.micropython, trace).run()
+        Supervisor(Path(args.run_dir), args.image, args.heap, args.micropython, trace).run()
     except SystemExit as error:
         if isinstance(error.code, str):
             print(error.code, file=sys.stderr)
@@ -548,8 +534,4 @@ def supervise_main(argv):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["supervise"]:
-        sys.exit(supervise_main(sys.argv[2:]))
-    print("usage: python -m skip2lora.board.virtual.unix_supervisor supervise ... "
-          "(use `skip2lora board start`)", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(supervisor_main("skip2lora.board.virtual.unix_supervisor", _add_arguments, _run))
