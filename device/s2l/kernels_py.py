@@ -177,3 +177,15 @@ def quant_f32(SRC, d, M, n, OUT):
         else:
             q = min(127, (p + (1 << (sh - 1))) >> sh)
         OUT[k] = -q if v >> 31 else q
+
+
+def dot_a16x8(A, X, d, ps):
+    acc = 0
+    for k0 in range(0, d, 512):
+        c = 0
+        for k in range(k0, min(k0 + 512, d)):
+            c += A[k] * X[k]
+        if ps > 0:
+            c = (c + (1 << (ps - 1))) >> ps
+        acc += c
+    return acc

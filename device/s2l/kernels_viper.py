@@ -326,3 +326,28 @@ def quant_f32(SRC: ptr32, d: int, M: int, n: int, OUT: ptr8):
             q = 0 - q
         OUT[k] = q
         k += 1
+
+
+@micropython.viper
+def dot_a16x8(A: ptr16, X: ptr8, d: int, ps: int) -> int:
+    # sum_k A[k] X[k] over chunks of 512, each rounded / 2**ps (adapter_u without its final
+    # shift and saturation): |chunk| <= 512 * 32767 * 127 < 2**31, and with 2**ps >= the
+    # chunk count the total stays below 2**31 too
+    acc = 0
+    k0 = 0
+    while k0 < d:
+        k1 = k0 + 512
+        if k1 > d:
+            k1 = d
+        c = 0
+        k = k0
+        while k < k1:
+            a = A[k]
+            x = X[k]
+            c += ((a ^ 0x8000) - 0x8000) * ((x ^ 0x80) - 0x80)
+            k += 1
+        if ps > 0:
+            c = (c + (1 << (ps - 1))) >> ps
+        acc += c
+        k0 = k1
+    return acc

@@ -1,6 +1,7 @@
 # A compiled model file (.s2lm) on the board: checked (magic, version, header CRC, file CRC,
-# dims, block headers, NaN), loaded once into typed arrays, and a float predict() that applies
-# loaded adapters of every kind. The fixed-point fast path lives in train.py / fixed.py.
+# dims, block headers, NaN), loaded once into typed arrays, a float forward() that applies
+# loaded adapters of every kind, and predict(): an int8 model's runs through the fixed-point
+# kernels (int8forward.py), a float model's through forward().
 import struct
 
 from .compat import S2LError
@@ -35,8 +36,11 @@ class Model:
         finally:
             f.close()
         self.file_crc = crc
-        self.adapters = []  # float adapters applied by predict: see load_adapters()
+        self.adapters = []  # adapters applied by predict: see load_adapters()
+        self.adapter_units = []  # per adapter (a_unit, b_unit): real A = A * a_unit, B alike
+        self.adapter_rows16 = None  # per adapter (int16 A rows, unit), for the int8 predict
         self.adapter_scale = 1.0
+        self._int8 = None  # the int8 forward's buffers, made at the first predict()
         self.xs = [zeros("f", d) for d in self.dims]  # x_1..x_L, then the logits
         self._tmp = zeros("f", max(self.dims))
 
@@ -123,12 +127,13 @@ class Model:
         for k in range(len(x1)):
             x1[k] = x[k]
         ads = self.adapters if adapters else ()
+        units = self.adapter_units
         s = self.adapter_scale
         tmp = self._tmp
         for i in range(self.n_layers):
             out = xs[i + 1]
             self.dense(i, xs[i], out)
-            for (layer, kind, A, ar, ac, B, br, bc) in ads:
+            for n, (layer, kind, A, ar, ac, B, br, bc) in enumerate(ads):
                 if layer != i or kind == KIND_SKIP:
                     continue
                 if kind == KIND_DELTA:
@@ -136,21 +141,40 @@ class Model:
                     for j in range(ar):
                         out[j] += tmp[j] + B[j]
                 else:
-                    add_lowrank(A, B, ar, xs[i], tmp, out, br, s)
+                    add_lowrank(A, B, ar, xs[i], tmp, out, br, s * units[n][0] * units[n][1])
             if i < self.n_layers - 1:
                 for j in range(len(out)):
                     if out[j] < 0.0:
                         out[j] = 0.0
         y = xs[-1]
-        for (layer, kind, A, ar, ac, B, br, bc) in ads:
+        for n, (layer, kind, A, ar, ac, B, br, bc) in enumerate(ads):
             if kind != KIND_SKIP:
                 continue
-            add_lowrank(A, B, ar, xs[layer], tmp, y, br, s)
+            add_lowrank(A, B, ar, xs[layer], tmp, y, br, s * units[n][0] * units[n][1])
         return y
 
     def predict(self, x, adapters=True):
-        """The class index of sample x (a sequence of floats)."""
+        """The class index of sample x (a sequence of floats; array('f') is fastest). An
+        int8 model runs through the fixed-point kernels (about 20x faster than forward());
+        its activations are rounded to int8, so a near tie can pick another class than the
+        float forward() would."""
+        if self.dtype == I8:
+            if self._int8 is None:
+                from .int8forward import Int8Forward
+                self._int8 = Int8Forward(self)
+            if not (adapters and self.adapters) or self._int8.usable():
+                return argmax(self._int8.logits(x, adapters))
         return argmax(self.forward(x, adapters))
+
+    def set_adapters(self, adapters, scale, units=None, rows16=None):
+        """Adapters for predict()/forward(): [(layer, kind, A rows, a_rows, a_cols, B, b_rows,
+        b_cols)]; units[i] = (a_unit, b_unit) when A and B hold integers in those units;
+        rows16[i] = (int16 A rows, their unit) for the int8 predict, when the caller has them
+        (else predict quantizes float rows once)."""
+        self.adapters = adapters
+        self.adapter_units = units or [(1.0, 1.0)] * len(adapters)
+        self.adapter_rows16 = rows16
+        self.adapter_scale = scale
 
     def load_adapters(self, path):
         """Load a .s2la file (checked, and it must be for this model) for predict()."""
@@ -169,12 +193,11 @@ class Model:
             if not ok:
                 raise S2LError("adapter on layer %d has shapes that do not fit the model"
                                % layer, path)
-        self.adapters = af["adapters"]
-        self.adapter_scale = af["alpha"] / af["rank"]
+        self.set_adapters(af["adapters"], af["alpha"] / af["rank"])
         return af
 
     def clear_adapters(self):
-        self.adapters = []
+        self.set_adapters([], 1.0)
 
 
 def _matvec(A, x, out):

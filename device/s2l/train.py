@@ -666,10 +666,22 @@ class Trainer:
             f.close()
 
     def apply(self):
-        """Hand the trained adapters to the model, so model.predict() uses them."""
-        self.model.adapters = self.adapters()
-        self.model.adapter_scale = self.s
-        return self.model
+        """Hand the trained adapters to the model, so model.predict() uses them. The fixed
+        path hands over its int32 masters (A = A32 / (m * 2**30), B = B32 / 2**29) and, for
+        the int8 predict, its int16 forward copies (A16 / (m * 2**14)), as they are: no
+        allocation, since a trained board's heap is too fragmented for a 2 KB row."""
+        m = self.model
+        if not self.fixed:
+            m.set_adapters(self.adapters(), self.s)
+            return m
+        if not self._prepared:
+            self._prepare()
+        b_unit = value(f32_ratio(1, 1, -29))
+        m.set_adapters([(a.layer, a.kind, a.A32, a.ar, a.ac, a.B32, a.br, a.bc)
+                        for a in self.ads], self.s,
+                       [(value(f32_ratio(1, a.m24, -6)), b_unit) for a in self.ads],
+                       [(a.A16, value(f32_ratio(1, a.m24, 10))) for a in self.ads])
+        return m
 
     def evaluate(self, data):
         """Accuracy of the model with the trained adapters on a dataset (float predict)."""
