@@ -19,7 +19,6 @@ class Int8Forward:
         self.model = model
         self.K = kernels.get(backend)
         dims, L = model.dims, model.n_layers
-        self.xf = zeros("f", dims[0])
         self.xq = [zeros("b", pad4(d)) for d in dims[:L]]
         self.p = [0] * L  # x_i = xq[i] * 2**-p[i]
         self.v32 = zeros("i", max(dims[1:]))
@@ -84,8 +83,8 @@ class Int8Forward:
             from .compat import S2LError
             raise S2LError("sample has %d features, the model needs %d" % (len(x), d0), m.path)
         xf = x
-        if not (type(x) is type(self.xf) and isinstance(x[0], float)):
-            xf = self.xf
+        if not (type(x) is type(self.y) and isinstance(x[0], float)):
+            xf = m.xs[0]  # the float forward's input buffer
             for k in range(d0):
                 xf[k] = x[k]
         b = K.absmax_f32(xf, d0)

@@ -40,7 +40,7 @@ class Model:
         self.adapter_units = []  # per adapter (a_unit, b_unit): real A = A * a_unit, B alike
         self.adapter_rows16 = None  # per adapter (int16 A rows, unit), for the int8 predict
         self.adapter_scale = 1.0
-        self._int8 = None  # the int8 forward's buffers, made at the first predict()
+        self._int8 = None  # the int8 predict's buffers (small pieces), made when first used
         self.xs = [zeros("f", d) for d in self.dims]  # x_1..x_L, then the logits
         self._tmp = zeros("f", max(self.dims))
 
