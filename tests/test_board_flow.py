@@ -72,17 +72,24 @@ def test_finetune_pull_export_and_board_predictions_match_onnxruntime(flashed):
     script = ("from s2l import Model, Dataset\nfrom array import array\n"
               "m = Model('/skip2lora/model.s2lm'); m.load_adapters('/skip2lora/adapters.s2la')\n"
               "ds = Dataset('/skip2lora/test.s2ld'); x = array('f', [0.0] * ds.n_features)\n"
-              "out = []\nfor k in range(ds.n):\n ds.read(k)\n"
+              "out, fwd = [], []\nfor k in range(ds.n):\n ds.read(k)\n"
               " for i in range(ds.n_features):\n  x[i] = ds.x[i]\n out.append(m.predict(x))\n"
-              "print('PRED', ''.join(str(p) for p in out))\n")
+              " y = m.forward(x)\n fwd.append(max(range(len(y)), key=lambda c: y[c]))\n"
+              "print('PRED', ''.join(str(p) for p in out))\n"
+              "print('FWD', ''.join(str(p) for p in fwd))\n")
     out = mpremote(board.port, "exec", script)
-    board_pred = np.array([int(c) for c in out.split("PRED ")[1].strip()])
+    board_pred = np.array([int(c) for c in out.split("PRED ")[1].split()[0]])
+    board_fwd = np.array([int(c) for c in out.split("FWD ")[1].split()[0]])
 
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(d / "adapted.onnx"))
     logits = session.run(None, {session.get_inputs()[0].name: x_test.astype(np.float32)})[0]
-    np.testing.assert_array_equal(board_pred, logits.argmax(1))
+    # the board's float forward is the exported model's maths: the same class everywhere;
+    # predict() of this int8 model rounds its activations to int8 (int8forward.py): it may
+    # pick another class on a near tie, and does on 2 of these 120
+    np.testing.assert_array_equal(board_fwd, logits.argmax(1))
+    assert np.mean(board_pred == logits.argmax(1)) >= 0.97
 
 
 # Ctrl-C, a busy port, --resume and every other fault: tests/test_faults.py, which interrupts
