@@ -5,6 +5,7 @@ the raw REPL and turns the board's one-line-per-epoch reports into a progress ba
 saves the adapters after every finished epoch, so Ctrl-C (or a cut link) loses at most the
 epoch in progress, and --resume continues from the last one saved.
 """
+import math
 import sys
 from pathlib import Path
 
@@ -75,9 +76,21 @@ def board_targets(spec):
                         f"0,2") from None
 
 
+def board_lr(lr):
+    """lr rounded to the 15-bit mantissa the board's fixed-point path keeps of it (qmath.q15).
+    Boards parse the decimal we send with their own float width and parser; from a value on
+    that grid, any of them lands within a float32 ulp of it and rounds back to the same
+    mantissa, so every board trains with the same step."""
+    if not lr > 0 or math.isinf(lr):
+        return lr
+    m, e = math.frexp(lr)
+    return math.ldexp(math.floor(m * 32768 + 0.5), e - 15)
+
+
 def job_call(args, data_path):
     opts = dict(model=BOARD_MODEL, data=data_path, adapters=BOARD_ADAPTERS, cache=BOARD_CACHE,
-                method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                method=args.method, epochs=args.epochs, lr=board_lr(args.lr),
+                batch_size=args.batch_size,
                 seed=args.seed, resume=args.resume,
                 backend=None if args.backend == "auto" else args.backend)
     if args.rank:
