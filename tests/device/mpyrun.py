@@ -58,8 +58,7 @@ def micropython_binary():
 
 
 PRELUDE = """import sys
-if %r not in sys.path:
-    sys.path.insert(0, %r)
+sys.path.insert(0, %r)
 import json, gc
 def RESULT(**kw):
     print("RESULT " + json.dumps(kw))
@@ -161,7 +160,7 @@ def _parse_results(stdout):
 
 def _run_unix(script, cwd, heap, lib, timeout, check):
     path = cwd / SCRIPT_NAME
-    path.write_text(PRELUDE % (str(lib), str(lib)) + script)
+    path.write_text(PRELUDE % str(lib) + script)
     proc = subprocess.run([micropython_binary(), "-X", "heapsize=" + heap, SCRIPT_NAME],
                           cwd=str(cwd), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -228,7 +227,7 @@ def _run_qemu(script, cwd, kind, lib, files, work, timeout, check):
     for p in sorted(Path(lib).rglob("*")):
         if p.is_file() and p.suffix in (".py", ".mpy"):
             entries["lib/" + str(p.relative_to(lib))] = p.read_bytes()
-    entries[SCRIPT_NAME] = (PRELUDE % ("/lib", "/lib") + script).encode()
+    entries[SCRIPT_NAME] = (PRELUDE % "/lib" + script).encode()
     img, dump, mon = work / "fs.img", work / "dump.img", work / "mon.sock"
     img.write_bytes(make_image(entries))
     cmd = ["qemu-system-arm", "-machine", machine, "-nographic", "-semihosting",
