@@ -168,8 +168,9 @@ def test_fine_tune_gives_the_unix_ports_bytes(boarddir, tmp_path_factory, kind, 
         if got != want[n]:
             at = next((i for i, (a, b) in enumerate(zip(got, want[n])) if a != b),
                       min(len(got), len(want[n])))
-            differ.append("%s (%d vs %d bytes, first difference at byte %d)"
-                          % (n, len(got), len(want[n]), at))
+            differ.append("%s (%d vs %d bytes, %d differ, the first at byte %d)"
+                          % (n, len(got), len(want[n]),
+                             sum(a != b for a, b in zip(got, want[n])), at))
     assert differ == [], "differ from the unix port's: " + "; ".join(differ)
 
 
