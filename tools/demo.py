@@ -2,7 +2,9 @@
 
 Pre-train in a quiet room, compile, start a virtual board, flash, fine-tune ON THE BOARD with
 the noisy room's data, pull the adapters back, export to ONNX and score before and after on the
-noisy room's held-out recording. With PORT=/dev/ttyACM0 the same steps drive a real board.
+noisy room's held-out recording. With PORT=/dev/ttyACM0 the same steps drive a real board;
+with EMULATE=cortex-m0plus (or cortex-m4f) the virtual board is Cortex-M firmware under QEMU,
+and the files go to out/demo-<kind>/.
 """
 import json
 import os
@@ -17,10 +19,14 @@ import numpy as np
 from skip2lora.experiments import accuracy, baseline_accuracy, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "out" / "demo"
 SCENARIO = "silentA-to-noisy"
 EPOCHS = int(os.environ.get("EPOCHS", "20"))
 PORT = os.environ.get("PORT", "")
+EMULATE = os.environ.get("EMULATE", "") or "unix"
+OUT = ROOT / "out" / ("demo" if EMULATE == "unix" else f"demo-{EMULATE}")
+BOARD = {"unix": "the MicroPython unix port, 192 KB heap like an RP2040, 2 MB LittleFS flash",
+         "cortex-m0plus": "MicroPython firmware for a Cortex-M0+ under QEMU, 192 KiB heap",
+         "cortex-m4f": "MicroPython firmware for a Cortex-M4F under QEMU, 192 KiB heap"}
 SKIP2LORA = str(Path(sys.executable).with_name("skip2lora"))
 
 
@@ -58,11 +64,14 @@ def main():
     sh("compile", OUT / f"{SCENARIO}.pt", "-o", model, "--dtype", "int8", "--board", "rp2040",
        "--samples", len(sc.finetune[1]))
 
-    step("3/6 start a virtual board (MicroPython unix port, 192 KB heap like an RP2040, 2 MB "
-         "LittleFS flash) and flash it" if not PORT else f"3/6 flash the board on {PORT}")
+    if EMULATE not in BOARD:
+        raise SystemExit(f"demo: EMULATE={EMULATE} is not one of {', '.join(BOARD)}")
+    step(f"3/6 start a virtual board ({BOARD[EMULATE]}) and flash it" if not PORT
+         else f"3/6 flash the board on {PORT}")
     if not PORT:  # a board of the demo's own, so a board the user started is left alone
         os.environ["SKIP2LORA_RUN_DIR"] = str(OUT / "vboard")
-        sh("board", "start", "--heap", "192K", "--flash", "2M")
+        sh("board", "start", "--emulate", EMULATE,
+           *(["--heap", "192K", "--flash", "2M"] if EMULATE == "unix" else []))
     try:
         sh("flash", model, *port_args())
 
