@@ -8,12 +8,13 @@ the board's filesystem (package excluded) to its bytes, and run.read_file(name) 
 * "unix": the 64-bit unix port, `micropython -X heapsize=<heap>`, in `cwd` itself (the
   script reads and writes the files there), sys.path set to the package folder.
 * "cortex-m0plus" / "cortex-m4f": MicroPython firmware for that core under qemu-system-arm
-  (/work/shared/platforms, or $SKIP2LORA_PLATFORMS; 192 KiB heap, 32-bit ints, float32). A
-  LittleFS image holding /lib/s2l (.py, or .mpy built for the core's arch) and the files of
-  `cwd` (or only `files`) is built on the host and preloaded into the RAM disk the firmware
-  mounts at "/"; the script runs from "/" through the raw REPL; afterwards the RAM disk is
-  dumped through the QEMU monitor and every file the script wrote or removed is mirrored
-  back into `cwd`, so a test reads the board's output files from `cwd` whatever the kind.
+  (../shared/platforms beside the checkout, or $SKIP2LORA_PLATFORMS; 192 KiB heap, 32-bit
+  ints, float32). A LittleFS image holding /lib/s2l (.py, or .mpy built for the core's arch)
+  and the files of `cwd` (or only `files`) is built on the host and preloaded into the RAM
+  disk the firmware mounts at "/"; the script runs from "/" through the raw REPL; afterwards
+  the RAM disk is dumped through the QEMU monitor and every file the script wrote or removed
+  is mirrored back into `cwd`, so a test reads the board's output files from `cwd` whatever
+  the kind.
 """
 import json
 import os
@@ -26,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from skip2lora.board.virtual.images import RAM_DISK_ADDR, RAM_DISK_BYTES, image_files, make_image
+from skip2lora.board.virtual.qemu import MACHINES, platforms_dir
+
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE = ROOT / "device"
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -34,15 +38,7 @@ ESP32_HEAP = "100K"
 
 KINDS = ("unix", "cortex-m0plus", "cortex-m4f")
 BOARD_KINDS = KINDS[1:]
-# kind -> (qemu machine, firmware file, mpy-cross arch of its native code)
-QEMU = {"cortex-m0plus": ("mps2-an385", "cortex-m0plus.elf", "armv6m"),
-        "cortex-m4f": ("mps2-an386", "cortex-m4f.elf", "armv7emsp")}
-ARCH = dict({"unix": "x64"}, **{k: v[2] for k, v in QEMU.items()})
-# The firmware's RAM disk (platforms/build/_boot.py) and vfs.VfsLfs2's defaults
-# (readsize=32, progsize=32, lookahead=32), so the firmware mounts the image as it is.
-FS_ADDR, FS_BLOCK, FS_BLOCKS = 0x20000000, 4096, 1024
-LFS_CONFIG = dict(block_size=FS_BLOCK, block_count=FS_BLOCKS, read_size=32, prog_size=32,
-                  lookahead_size=32)
+ARCH = {"unix": "x64", "cortex-m0plus": "armv6m", "cortex-m4f": "armv7emsp"}  # mpy-cross -march
 SCRIPT_NAME = "_device_test.py"
 
 
@@ -99,19 +95,15 @@ class Run(tuple):
 
 # ------------------------------------------------------------------ where the boards are
 
-def platforms_dir():
-    return Path(os.environ.get("SKIP2LORA_PLATFORMS") or ROOT.parent / "shared" / "platforms")
-
-
 def missing(kind):
     """Why `kind` cannot run here (one line), or None."""
     if kind == "unix":
         return None
-    if kind not in QEMU:
+    if kind not in MACHINES:
         raise ValueError("unknown interpreter kind %r (one of %s)" % (kind, ", ".join(KINDS)))
     if not shutil.which("qemu-system-arm"):
         return "qemu-system-arm not found (apt-get install qemu-system-arm)"
-    fw = platforms_dir() / QEMU[kind][1]
+    fw = platforms_dir() / ("%s.elf" % kind)
     if not fw.is_file():
         return "%s firmware not found at %s (set SKIP2LORA_PLATFORMS)" % (kind, fw)
     return None
@@ -177,40 +169,6 @@ def _snapshot(folder):
             if p.is_file()}
 
 
-# ------------------------------------------------------------------ LittleFS images
-
-def make_image(entries):
-    """A RAM-disk image holding {board path: bytes} (folders created as needed)."""
-    from littlefs import LittleFS
-    fs = LittleFS(**LFS_CONFIG)
-    for name in sorted(entries):
-        parts = name.strip("/").split("/")
-        for i in range(1, len(parts)):
-            d = "/".join(parts[:i])
-            try:
-                fs.mkdir(d)
-            except FileExistsError:
-                pass
-        with fs.open(name.strip("/"), "wb") as f:
-            f.write(entries[name])
-    return bytes(fs.context.buffer)
-
-
-def read_image(data):
-    """{path: bytes} of every file in a RAM-disk image."""
-    from littlefs import LittleFS, UserContext
-    ctx = UserContext(len(data))
-    ctx.buffer[:] = data
-    fs = LittleFS(context=ctx, **LFS_CONFIG)
-    out = {}
-    for top, _dirs, names in fs.walk("/"):
-        for n in names:
-            p = (top.rstrip("/") + "/" + n).lstrip("/")
-            with fs.open(p, "rb") as f:
-                out[p] = f.read()
-    return out
-
-
 # ------------------------------------------------------------------ QEMU
 
 _BOOT = ("import os, sys\nos.chdir('/')\nif '' not in sys.path:\n    sys.path.insert(0, '')\n"
@@ -218,7 +176,6 @@ _BOOT = ("import os, sys\nos.chdir('/')\nif '' not in sys.path:\n    sys.path.in
 
 
 def _run_qemu(script, cwd, kind, lib, files, work, timeout, check):
-    machine, firmware, _arch = QEMU[kind]
     uploaded = _snapshot(cwd)
     uploaded.pop(SCRIPT_NAME, None)
     if files is not None:
@@ -229,11 +186,11 @@ def _run_qemu(script, cwd, kind, lib, files, work, timeout, check):
             entries["lib/" + str(p.relative_to(lib))] = p.read_bytes()
     entries[SCRIPT_NAME] = (PRELUDE % "/lib" + script).encode()
     img, dump, mon = work / "fs.img", work / "dump.img", work / "mon.sock"
-    img.write_bytes(make_image(entries))
-    cmd = ["qemu-system-arm", "-machine", machine, "-nographic", "-semihosting",
+    img.write_bytes(make_image(entries, kind))
+    cmd = ["qemu-system-arm", "-machine", MACHINES[kind], "-nographic", "-semihosting",
            "-icount", "shift=3", "-serial", "stdio", "-monitor", "unix:%s,server,nowait" % mon,
-           "-kernel", str(platforms_dir() / firmware),
-           "-device", "loader,file=%s,addr=0x%x,force-raw=on" % (img, FS_ADDR)]
+           "-kernel", str(platforms_dir() / ("%s.elf" % kind)),
+           "-device", "loader,file=%s,addr=0x%x,force-raw=on" % (img, RAM_DISK_ADDR)]
     proc = subprocess.Popen(cmd, cwd=str(work), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
@@ -244,7 +201,7 @@ def _run_qemu(script, cwd, kind, lib, files, work, timeout, check):
             raise MpyError("%s: no end of script after %ds (or qemu died)\n--- output so far\n%s"
                            % (kind, timeout, raw.decode(errors="replace")[-4000:]))
         # a relative name: "<size> /path" would parse as a division
-        _monitor(mon, "pmemsave 0x%x %d %s" % (FS_ADDR, FS_BLOCK * FS_BLOCKS, dump.name))
+        _monitor(mon, "pmemsave 0x%x %d %s" % (RAM_DISK_ADDR, RAM_DISK_BYTES, dump.name))
     finally:
         proc.kill()
         proc.wait()
@@ -258,7 +215,7 @@ def _run_qemu(script, cwd, kind, lib, files, work, timeout, check):
     if check and err.strip():
         raise MpyError("%s raised\n--- stdout\n%s\n--- traceback\n%s"
                        % (kind, stdout[-4000:], err.replace("\r\n", "\n")[-4000:]))
-    board = read_image(dump.read_bytes())
+    board = image_files(dump.read_bytes(), kind)
     board = {n: b for n, b in board.items() if not n.startswith("lib/") and n != SCRIPT_NAME}
     _mirror(cwd, uploaded, board)
     return Run(_parse_results(stdout), stdout, board)

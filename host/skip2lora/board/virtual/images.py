@@ -37,14 +37,57 @@ def geometry(kind):
                         f"{', '.join(GEOMETRIES)}") from None
 
 
+def _littlefs(geo, buffer):
+    import littlefs
+
+    return littlefs.LittleFS(littlefs.UserContext(buffer=buffer), mount=False,
+                             block_size=geo.block_size, block_count=len(buffer) // geo.block_size,
+                             read_size=geo.read_size, prog_size=geo.prog_size,
+                             lookahead_size=geo.lookahead)
+
+
+def make_image(files, kind="cortex-m0plus", blocks=None):
+    """The bytes of a `kind` board's image holding {board path: bytes} (folders made as
+    needed), to preload a board with files instead of pushing them through its UART."""
+    geo = geometry(kind)
+    count = geo.block_count or blocks
+    if not count:
+        raise ValueError(f"a {kind} image needs its block count")
+    fs = _littlefs(geo, bytearray(count * geo.block_size))
+    fs.format()
+    fs.mount()
+    for name in sorted(files):
+        parts = name.strip("/").split("/")
+        for i in range(1, len(parts)):
+            try:
+                fs.mkdir("/".join(parts[:i]))
+            except FileExistsError:
+                pass
+        with fs.open(name.strip("/"), "wb") as f:
+            f.write(files[name])
+    fs.unmount()
+    return bytes(fs.context.buffer)
+
+
+def image_files(data, kind="cortex-m0plus"):
+    """{path: bytes} of every file in the image bytes `data` of a `kind` board."""
+    fs = _littlefs(geometry(kind), bytearray(data))
+    fs.mount()
+    out = {}
+    for top, _dirs, names in fs.walk("/"):
+        for n in names:
+            path = (top.rstrip("/") + "/" + n).lstrip("/")
+            with fs.open(path, "rb") as f:
+                out[path] = f.read()
+    return out
+
+
 def open_image(image, kind="unix"):
     """A littlefs.LittleFS over an in-memory copy of a `kind` board's image (never written).
 
     Use it to look at what the board wrote: `open_image(p).open("x.txt", "rb").read()`.
     Raises UserError if the image holds no LittleFS (e.g. blank: the board never booted).
     """
-    import littlefs
-
     geo = geometry(kind)
     image = Path(image)
     data = bytearray(image.read_bytes())
@@ -54,10 +97,7 @@ def open_image(image, kind="unix"):
     if len(data) != count * geo.block_size:
         raise UserError(f"not a {kind} image: it holds {len(data)} bytes, not "
                         f"{count * geo.block_size}", image)
-    fs = littlefs.LittleFS(littlefs.UserContext(buffer=data), mount=False,
-                           block_size=geo.block_size, block_count=count,
-                           read_size=geo.read_size, prog_size=geo.prog_size,
-                           lookahead_size=geo.lookahead)
+    fs = _littlefs(geo, data)
     try:
         fs.mount()
     except Exception as error:  # littlefs.LittleFSError
