@@ -44,17 +44,7 @@ def requant8(V, d, m, n, relu, OUT, sx):
 
 
 def adapter_u(A, X, d, ps, sh):
-    acc = 0
-    k0 = 0
-    while k0 < d:
-        k1 = min(k0 + 512, d)
-        c = 0
-        for k in range(k0, k1):
-            c += A[k] * X[k]
-        if ps > 0:
-            c = (c + (1 << (ps - 1))) >> ps
-        acc += c
-        k0 = k1
+    acc = dot_a16x8(A, X, d, ps)
     if sh > 0:
         acc = (acc + (1 << (sh - 1))) >> sh
     elif sh < 0:

@@ -332,7 +332,8 @@ def quant_f32(SRC: ptr32, d: int, M: int, n: int, OUT: ptr8):
 def dot_a16x8(A: ptr16, X: ptr8, d: int, ps: int) -> int:
     # sum_k A[k] X[k] over chunks of 512, each rounded / 2**ps (adapter_u without its final
     # shift and saturation): |chunk| <= 512 * 32767 * 127 < 2**31, and with 2**ps >= the
-    # chunk count the total stays below 2**31 too
+    # chunk count the total stays below 2**31 too. adapter_u repeats this loop rather than
+    # calling it: a viper call boxes its int result, a heap long on a board.
     acc = 0
     k0 = 0
     while k0 < d:
