@@ -8,9 +8,20 @@ on the worst-case inputs the trainer can produce (docs/device.md, "Bounds"). It 
 viper kernels on the same inputs on the MicroPython unix port and on the 32-bit Cortex-M
 firmware (tests/device/mpyrun.py) and requires identical results, so the viper code computes
 exactly what was checked.
+
+The float32 kernels (to_f32, absmax_f32, quant_f32) read and write bit patterns through struct
+in the twin. For the check, unpack_from gives what a board's ptr32 load gives, a signed int32
+(as an I32), and to_f32's `(s << 31) | ...` may set the sign bit (a Pattern: nothing may
+compute with it). Their results are also compared with exact Fraction arithmetic on the host.
 """
 import importlib.util
 import json
+import random
+import struct
+import sys
+import types
+from fractions import Fraction
+from unittest import mock
 
 import pytest
 
@@ -48,6 +59,44 @@ for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__
               "__xor__", "__rxor__", "__or__", "__ror__"):
     setattr(I32, _name, _op(_name))
 I32.__neg__ = lambda self: I32(-int(self))
+
+SIGN = 1 << 31
+
+
+class Pattern(int):
+    """A float32 bit pattern with the sign bit set, as to_f32 assembles it: `(s << 31) | (e << 23)
+    | mant`. On a board `1 << 31` is a viper int's sign bit (INT32_MIN) and the ORs only set
+    bits, so this is no arithmetic overflow; but nothing may compute with the pattern: it can
+    only take more bits (OR with a non-negative I32) and be stored."""
+
+    def __or__(self, other):
+        if isinstance(other, I32) and other >= 0:
+            return Pattern(int(self) | int(other))
+        return NotImplemented
+    __ror__ = __or__
+
+
+def _no_arith(name):
+    def f(self, *other):
+        raise Overflow("arithmetic on a sign-bit pattern (%s)" % name)
+    return f
+
+
+for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__neg__",
+              "__rshift__", "__rrshift__", "__lshift__", "__rlshift__", "__and__", "__rand__",
+              "__xor__", "__rxor__"):
+    setattr(Pattern, _name, _no_arith(_name))
+
+
+def _i32_or(self, other):
+    if isinstance(other, Pattern):
+        return NotImplemented
+    if type(other) is int and other == SIGN and self >= 0:  # the literal sign bit, 1 << 31
+        return Pattern(SIGN | int(self))
+    return I32(int.__or__(self, other))
+
+
+I32.__or__ = I32.__ror__ = _i32_or
 
 
 def _kernels_py():
@@ -121,14 +170,127 @@ for d in (8, 512):
                 CASES.append(("upd_a", [[a0] * d, [0] * d, [127] * d, e, d, sh, 1, 0]))
 
 
-def _wrap(args):
-    return [w(a) if isinstance(a, list) else I32(a) for a in args]
+
+# ---- the float32 kernels: to_f32, absmax_f32, quant_f32 (bit patterns in and out), dot_a16x8
+def f32_bits(x):
+    return struct.unpack("<I", struct.pack("<f", x))[0]
 
 
-def _run_py(name, args):
-    args = _wrap(args)
-    ret = getattr(K, name)(*args)
-    outs = [list(map(int, a)) for a in args if isinstance(a, list)]
+def f32_value(b):
+    """The exact value of a float32 bit pattern, as a Fraction (host struct, no device code)."""
+    return Fraction(struct.unpack("<f", struct.pack("<I", b))[0])
+
+
+def trainer_R(mi):
+    """(R, Rsh) of the Trainer's A conversion for a 24-bit scale mantissa mi: R / 2**Rsh is
+    2**-6 / mi rounded half up to 30 bits, R in [2**29, 2**30) (computed here with Fraction)."""
+    x = Fraction(1, mi * 64)
+    for sh in (58, 59):
+        R = int(x * 2 ** sh + Fraction(1, 2))
+        if (1 << 29) <= R < (1 << 30):
+            return R, sh
+    raise AssertionError(mi)
+
+
+_rnd = random.Random(20240611)
+# masters saturate at +-LIM; 0, +-1; every normalisation shift b from 0 to 29
+V_F32 = ([LIM, -LIM, 0, 1, -1, 2, -3, 1 << 29, -(1 << 29), (1 << 29) - 1, (1 << 29) + 1,
+          0x3FFF8000, -0x20007FFF, 0x2AAAAAAA, -0x15555555, 32767, -32768, 65535]
+         + [(1 << b) + _rnd.randrange(1 << b) for b in range(30)]
+         + [-_rnd.randrange(1, LIM + 1) for _ in range(6)])
+R_TRAINER = [trainer_R(mi) for mi in (1 << 23, (1 << 23) + 1, 0xB504F3, 0xC00000, (1 << 24) - 1,
+                                      _rnd.randrange(1 << 23, 1 << 24))]
+assert {sh for _, sh in R_TRAINER} == {58, 59}
+for R, sh in R_TRAINER + [(1 << 29, 58)]:  # A rows, and B = B32 / 2**29
+    CASES.append(("to_f32", [V_F32, len(V_F32), R, sh, [0] * len(V_F32), 0]))
+# R at both ends of [2**29, 2**30), other shifts, and shifts where small or all values flush
+# to 0 (v * R / 2**sh < 2**-126: from sh = 156 for v = 1, R = 2**29; all of them from 187)
+for R in (1 << 29, (1 << 30) - 1):
+    for sh in (-40, 0, 30, 100, 155, 156, 170, 186, 187, 200):
+        CASES.append(("to_f32", [V_F32, len(V_F32), R, sh, [0] * len(V_F32), 0]))
+
+F32_MAX, F32_MIN_NORMAL = 0x7F7FFFFF, 0x00800000
+for xs in ([0x3F800000, 0xFF7FFFFF, 0x7F7FFFFE, 0xBF800000],  # -largest finite wins
+           [0x80000000, 0],  # -0 and 0
+           [1, 0x807FFFFF, 0x00400000],  # subnormals, the largest one with the sign bit
+           [0x80000001], [0xFF7FFFFF], [F32_MAX],
+           [0x807FFFFF, F32_MIN_NORMAL, 0x80000000],
+           [f32_bits(_rnd.uniform(-3, 3)) for _ in range(64)]):
+    CASES.append(("absmax_f32", [xs, len(xs)]))
+
+
+def _quant_inputs(M, n, k0):
+    """x for quant_f32(M, n): the fixed specials, x at every 11th code k * 2**n / M from k0
+    and at the ties between (short lines: the boards' heap is full of pools),
+    and exponents giving sh = 141 + n - ex at -1, 0, 1, 31, 32 (clamp to 127 or flush to 0)."""
+    xs = [0, 0x80000000, 1, 0x80000001, 0x1FF, 0x200, 0x7FFFFF, 0x807FFFFF, F32_MIN_NORMAL,
+          0x3F800000, 0xBF800000, F32_MAX, 0xFF7FFFFF]
+    for k in range(k0, 130, 11):
+        for frac in (Fraction(0), Fraction(1, 2)):
+            x = (k + frac) * Fraction(2) ** n / M
+            if abs(x) < Fraction(2) ** 127:
+                xs.append(f32_bits(float(x)))
+    for sh in (-1, 0, 1, 31, 32):
+        ex = 141 + n - sh
+        if 1 <= ex <= 254:
+            for sign in (0, 1):
+                xs.append((sign << 31) | (ex << 23) | _rnd.randrange(1 << 23))
+    return xs
+
+
+# M: Q15 reciprocals of a float32 scale (2**14..2**15-1) and predict()'s 16384; n over what
+# q15(1, m, -e) gives for a normal float32 scale (-112..142) and predict()'s 14 - p (-118..)
+for k0, (M, n) in enumerate(((16384, -118), (32767, -112), (16385, -60), (23170, 0), (16384, 7), (32767, 14),
+             (20000, 22), (32767, 40), (16384, 100), (30000, 135), (16384, 142))):
+    xs = _quant_inputs(M, n, k0 - 129)
+    CASES.append(("quant_f32", [xs, len(xs), M, n, [0] * len(xs)]))
+
+# dot_a16x8 (int8 predict's skip adapters): A int16, x codes from quant_f32 / requant8, d up to
+# MAX_DIM 4096 with ps = ceil(log2(chunks))
+for d in (1, 512, 513, 1024, 1025, 4096):
+    for a, x in ((32767, -128), (-32767, -128), (-32768, 127), (32767, 127), (-32767, 127)):
+        CASES.append(("dot_a16x8", [[a] * d, [x] * d, d, _ps(d)]))
+CASES.append(("dot_a16x8", [[32767] * 256 + [-32768] * 256, [-128] * 256 + [127] * 256, 512, 0]))
+
+
+# What a board's ptr32 load gives (a signed int32), for the twins' struct.unpack_from: every
+# value the float32 kernels compute from a pattern is then an I32 as well.
+BOARD_STRUCT = types.ModuleType("struct")
+BOARD_STRUCT.pack_into = struct.pack_into  # "<I" refuses anything outside [0, 2**32)
+
+
+def _load_signed(fmt, buf, offset):
+    assert fmt == "<I", fmt
+    u = struct.unpack_from("<I", buf, offset)[0]
+    return (I32(u - (1 << 32) if u & SIGN else u),)
+
+
+BOARD_STRUCT.unpack_from = _load_signed
+
+
+def _types(name, args):
+    return TYPES[name] + [None] * (len(args) - len(TYPES[name]))
+
+
+def _wrap(name, args, checked=True):
+    out = []
+    for a, t in zip(args, _types(name, args)):
+        if t == "I":  # float32 bit patterns: a byte buffer, read and written through struct
+            out.append(bytearray(struct.pack("<%dI" % len(a), *a)))
+        elif isinstance(a, list):
+            out.append(w(a) if checked else list(a))
+        else:
+            out.append(I32(a) if checked else a)
+    return out
+
+
+def _run_py(name, args, checked=True):
+    """The twin on CPython: I32 values and signed 32-bit loads (checked), or plain ints."""
+    args = _wrap(name, args, checked)
+    with mock.patch.dict(sys.modules, {"struct": BOARD_STRUCT} if checked else {}):
+        ret = getattr(K, name)(*args)
+    outs = [list(struct.unpack("<%dI" % (len(a) // 4), a)) if isinstance(a, bytearray)
+            else list(map(int, a)) for a in args if isinstance(a, (list, bytearray))]
     return {"ret": None if ret is None else int(ret), "outs": outs}
 
 
@@ -155,6 +317,77 @@ def test_bounds_would_be_violated_without_the_guards():
     """The guards matter: without the 512-chunk pre-shift a 4096-long row overflows."""
     with pytest.raises(Overflow):
         _run_py("adapter_u", [[A16_MAX] * 4096, [-128] * 4096, 4096, 0, 0])
+
+
+def test_i32_allows_only_the_sign_bit_as_a_pattern():
+    """to_f32's `(s << 31) | (e << 23) | mant` is checked except for the literal sign bit."""
+    assert int((1 << 31) | I32(0x3F800000) | I32(5)) == 0xBF800005
+    with pytest.raises(Overflow):
+        ((1 << 31) | 1) | I32(4)  # only the sign bit itself
+    with pytest.raises(Overflow):
+        ((1 << 31) | I32(1)) + I32(1)
+    with pytest.raises(Overflow):
+        I32(256) << 23  # an exponent past 255 would reach the sign bit
+
+
+def test_dot_a16x8_bound_needs_codes_above_minus_128():
+    """The one excluded input: 512 * (-32768) * (-128) = 2**31. dot_a16x8 reads x codes made
+    by quant_f32 (clamped to +-127, checked below) and requant8 with relu (0..127), and int16
+    rows with |A| <= 32767 (predict's _rows16) or <= 16384 (the Trainer's copies)."""
+    with pytest.raises(Overflow):
+        _run_py("dot_a16x8", [[-32768] * 512, [-128] * 512, 512, 0])
+    codes = [v for i, (name, _) in enumerate(CASES) if name == "quant_f32"
+             for v in _checked(i)["outs"][1]]
+    assert min(codes) == -127 and max(codes) == 127
+
+
+def _ulp(b):
+    """The spacing of float32 values at the normal pattern b."""
+    return Fraction(2) ** (max((b >> 23) & 0xFF, 1) - 150)
+
+
+def _f32_cases(name):
+    return [(i, args) for i, (n, args) in enumerate(CASES) if n == name]
+
+
+def test_f32_kernels_against_exact_arithmetic():
+    """The twins' outputs (equal to viper's on every kind, next test) against Fractions:
+    to_f32 within 1 ulp of v * R / 2**sh (0 only below 2**-126, never a subnormal),
+    quant_f32 within 1 code of clamp127(round(x * M / 2**n)), absmax_f32 the largest |x|,
+    dot_a16x8 the sum of its 512-chunks each rounded half up / 2**ps. Also: the twins give the
+    same with plain ints and CPython's unsigned struct loads as with I32 and signed loads."""
+    worst_ulps, flushed = Fraction(0), 0
+    for i, (v, n, R, sh, _, _) in _f32_cases("to_f32"):
+        out = _checked(i)["outs"][1]
+        for x, b in zip(v, out):
+            exact = Fraction(x * R) / Fraction(2) ** sh
+            if b == 0:
+                assert abs(exact) < Fraction(2) ** -126, (x, R, sh)
+                flushed += exact != 0
+                continue
+            assert (b >> 23) & 0xFF not in (0, 255), (x, R, sh, hex(b))
+            err = abs(f32_value(b) - exact) / _ulp(b)
+            assert err <= 1, (x, R, sh, hex(b), float(err))
+            worst_ulps = max(worst_ulps, err)
+    assert flushed > 0 and worst_ulps > Fraction(1, 4)  # the cases reach both
+    for i, (xs, M, n) in [(i, (a[0], a[2], a[3])) for i, a in _f32_cases("quant_f32")]:
+        out = _checked(i)["outs"][1]
+        for b, q in zip(xs, out):
+            want = f32_value(b) * M / Fraction(2) ** n
+            want = max(-127, min(127, round(want)))
+            assert abs(q - want) <= 1, (hex(b), M, n, q, want)
+    for i, (xs, d) in _f32_cases("absmax_f32"):
+        want = max(abs(f32_value(b)) for b in xs)
+        assert _checked(i)["ret"] == f32_bits(float(want)), [hex(b) for b in xs[:4]]
+    for i, (A, X, d, ps) in _f32_cases("dot_a16x8"):
+        want = 0
+        for k0 in range(0, d, 512):
+            c = sum(a * x for a, x in zip(A[k0:k0 + 512], X[k0:k0 + 512]))
+            want += (c + (1 << ps >> 1)) >> ps
+        assert _checked(i)["ret"] == want, (A[0], X[0], d, ps)
+    for name in ("to_f32", "absmax_f32", "quant_f32", "dot_a16x8"):
+        for i, args in _f32_cases(name):
+            assert _run_py(name, args, checked=False) == _checked(i), name
 
 
 # Arrays cross as runs [[value, count], ...] both ways: the worst cases are long constant rows
@@ -216,12 +449,28 @@ with open("out.jsonl", "w") as out:
                     i += 1
                 a = mv
             conv.append(a)
-        if name in ("dense_q16", "requant8", "logits_bu", "upd_b", "upd_a"):
+        if name in ("dense_q16", "requant8", "logits_bu", "upd_b", "upd_a", "to_f32"):
             conv[-1] = SX
         args = types = line = None
         ret = getattr(K, name)(*conv)
-        out.write(json.dumps({"ret": ret, "outs": [rle(a) for a in conv
-                                                   if not isinstance(a, int)]}) + "\n")
+        out.write('{"ret": %s, "outs": [' % json.dumps(ret))
+        sep = ""
+        for a in conv:  # the runs of each array, streamed: no list of them on a full heap
+            if not isinstance(a, int):
+                out.write(sep + "[")
+                sep, rsep, v, c = ", ", "", None, 0
+                for x in a:
+                    if c and x == v:
+                        c += 1
+                        continue
+                    if c:
+                        out.write("%s[%d, %d]" % (rsep, v, c))
+                        rsep = ", "
+                    v, c = x, 1
+                if c:
+                    out.write("%s[%d, %d]" % (rsep, v, c))
+                out.write("]")
+        out.write("]}\n")
         conv = mv = None
         gc.collect()
 f.close()
@@ -229,7 +478,9 @@ RESULT(sx=SX)
 """
 
 
-TYPES = {"adapter_u": ["h", "b"], "dense_q16": ["b", "b", None, None, None, "i", "B", "i", "i"],
+TYPES = {"to_f32": ["i", None, None, None, "I"], "absmax_f32": ["I"],
+         "quant_f32": ["I", None, None, None, "b"], "dot_a16x8": ["h", "b"],
+         "adapter_u": ["h", "b"], "dense_q16": ["b", "b", None, None, None, "i", "B", "i", "i"],
          "requant8": ["i", None, None, None, None, "b"], "logits_bu": ["h", "h", None, None, "i"],
          "bg": ["h", "h", None, None, None, None, "i"],
          "upd_b": ["i", "h", "h", "h"], "upd_a": ["i", "h", "b"]}
