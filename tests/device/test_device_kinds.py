@@ -59,12 +59,13 @@ def test_predict_equals_fixture_json(fixdir, kind, model, adapters):
 
 # ------------------------------------------------------------------ training on the boards
 
-def make_dataset(path, n=36, seed=5):
-    """n int8 samples of the fixture models' 8 features, labels spread over the 3 classes."""
+def make_dataset(path, n=36, seed=5, dtype=F.DTYPE_I8, amp=1.0):
+    """n samples (int8, or f32) of the fixture models' 8 features in [-amp, amp], labels spread
+    over the 3 classes."""
     rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, (n, 8)).astype(np.float32)
+    x = (rng.uniform(-1, 1, (n, 8)) * amp).astype(np.float32)
     y = (np.arange(n) % 3).astype(np.int64)
-    F.write_dataset(path, F.dataset_from_arrays(x, y, 3, F.DTYPE_I8))
+    F.write_dataset(path, F.dataset_from_arrays(x, y, 3, dtype))
     return path.name
 
 
@@ -137,31 +138,56 @@ def test_training_loop_heap_does_not_grow(fixdir, kind, method, backend):
 
 # ------------------------------------------------------------------ the same bytes everywhere
 
-CROSS = "from s2l import Trainer\n" + fit_script("a.s2la", 2)
-CROSS_FILES = ("a.s2la", "a.s2la.state", "c.s2lc")
+# Two configurations in one run per interpreter. The first: the int8 dataset, lr = 1/16 (a
+# power of two), batch 1, alpha = rank. The second takes the rest of the integer code: an f32
+# dataset (calibration through absmax_f32 and f32_ratio, x_1 through quant_f32 into the cache),
+# lr = 0.01 as a decimal literal the interpreter parses with its own float (float64 on unix,
+# float32 on the boards), batches of 3 with a short last one (35 samples), alpha 3.0 != rank 2,
+# adapters on every layer.
+CROSS = ("from s2l import Trainer\n" + fit_script("a.s2la", 2)
+         + "t = Trainer('model-int8.s2lm', 'f.s2ld', method='skip2lora', rank=2, alpha=3.0, "
+           "lr=0.01, batch_size=3, seed=11, targets='all', cache='f.s2lc', log=None)\n"
+           "t.fit(2)\nt.save('f.s2la')\n"
+           "RESULT(out='f.s2la', backend=t.backend, built=t.cache_built, alpha=t.alpha, "
+           "targets=t.targets, n=t.n)\n")
+CROSS_FILES = ("a.s2la", "a.s2la.state", "c.s2lc", "f.s2la", "f.s2la.state", "f.s2lc")
 _unix_reference = {}
+
+
+def cross_dir(d):
+    (d / "model-int8.s2lm").write_bytes((FIXTURES / "model-int8.s2lm").read_bytes())
+    make_dataset(d / "d.s2ld")
+    make_dataset(d / "f.s2ld", n=35, seed=8, dtype=F.DTYPE_F32, amp=2.7)
+    return d
 
 
 def unix_reference(tmp_path_factory):
     """The unix port's files for CROSS (.py deploy), computed once."""
     if not _unix_reference:
-        d = tmp_path_factory.mktemp("unix-ref")
-        (d / "model-int8.s2lm").write_bytes((FIXTURES / "model-int8.s2lm").read_bytes())
-        make_dataset(d / "d.s2ld")
-        run(CROSS, d)
+        d = cross_dir(tmp_path_factory.mktemp("unix-ref"))
+        res, _ = run(CROSS, d)
+        assert [r["backend"] for r in res] == ["viper", "viper"]
+        assert res[1]["alpha"] == 3.0 and res[1]["targets"] == [0, 1, 2] and res[1]["n"] == 35
         _unix_reference.update({n: (d / n).read_bytes() for n in CROSS_FILES})
+        # the f32 dataset's cache holds x_1 in front, as int8 codes (from quant_f32)
+        c, f = (F.decode_cache(_unix_reference[n]).segments for n in ("c.s2lc", "f.s2lc"))
+        assert [(g.dim, g.dtype) for g in f] == [(8, F.DTYPE_I8)] + [(g.dim, g.dtype) for g in c]
     return _unix_reference
 
 
 @pytest.mark.parametrize("kind,deploy", [("unix", "mpy"), ("cortex-m0plus", "py"),
                                          ("cortex-m0plus", "mpy"), ("cortex-m4f", "py"),
                                          ("cortex-m4f", "mpy")])
-def test_fine_tune_gives_the_unix_ports_bytes(boarddir, tmp_path_factory, kind, deploy):
-    """A short Skip2-LoRA fine-tune (int8 model, 36 samples, 2 epochs) writes the same
-    adapters, .state and Skip-Cache bytes on every interpreter and deployment as on the unix
-    port from .py: the fixed-point path must not depend on the float width."""
+def test_fine_tune_gives_the_unix_ports_bytes(tmp_path, tmp_path_factory, kind, deploy):
+    """Two short Skip2-LoRA fine-tunes of the int8 model (CROSS: an int8 dataset with lr 1/16,
+    batch 1; an f32 dataset with lr 0.01 parsed on the board, batch 3, alpha 3 on rank 2, every
+    layer) write the same adapters, .state and Skip-Cache bytes on every interpreter and
+    deployment as on the unix port from .py: the fixed-point path must not depend on the
+    float width."""
     want = unix_reference(tmp_path_factory)
-    run(CROSS, boarddir, kind=kind, deploy=deploy)
+    boarddir = cross_dir(tmp_path)
+    res, _ = run(CROSS, boarddir, kind=kind, deploy=deploy)
+    assert [r["backend"] for r in res] == ["viper", "viper"]
     differ = []
     for n in CROSS_FILES:
         got = (boarddir / n).read_bytes()
