@@ -307,7 +307,8 @@ class Trainer:
                 if b > peak:
                     peak = b
             mp, ep = split(peak) if peak else (1, -100)
-            scales[0] = f32_ratio(mp, 127, ep)
+            # at least the smallest normal float32: a scale flushed to 0 has no reciprocal
+            scales[0] = max(f32_ratio(mp, 127, ep), 0x00800000)
         for i in range(L - 1):
             tmp = scales[:i + 1] + [ONE_BITS] * (L - i - 1)
             self._set_scales(tmp, adapters=False)

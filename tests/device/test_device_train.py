@@ -296,3 +296,17 @@ RESULT(alloc=gc.mem_alloc(), free=gc.mem_free())
 """, tmp_path, heap=ESP32_HEAP, device_dir=dev)
     assert [p["cache_reads"] for p in progress_lines(out)] == [200, 200]
     assert F.read_adapters(tmp_path / "a.s2la").epochs_done == 2
+
+
+def test_f32_dataset_below_the_normal_range_trains(tmp_path):
+    """Features near 1e-37 give an x_1 scale below float32's normal range: it is raised to the
+    smallest normal float32 instead of flushing to 0 (which has no reciprocal)."""
+    x = (np.random.default_rng(0).uniform(-1, 1, (9, 8)) * 1e-37).astype(np.float32)
+    F.write_dataset(tmp_path / "d.s2ld", F.dataset_from_arrays(x, np.arange(9) % 3, 3,
+                                                               F.DTYPE_F32))
+    (tmp_path / "m.s2lm").write_bytes((FIXTURES / "model-int8.s2lm").read_bytes())
+    _, out = run("from s2l import Trainer\nt = Trainer('m.s2lm', 'd.s2ld', rank=2, "
+                 "cache='c.s2lc')\nt.fit(2)\n", tmp_path)
+    assert [p["epoch"] for p in progress_lines(out)] == [1, 2]
+    scale = F.read_cache(tmp_path / "c.s2lc").segments[0].scale
+    assert scale == np.float32(2.0 ** -126)
