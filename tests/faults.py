@@ -106,36 +106,51 @@ def install_transfer_hook():
     BoardLink._transferred = transferred
 
 
+_read_ahead = {}  # id(stream) -> bytes read from its pipe after the line wait_for wanted
+
+
 def wait_for(stream, text, timeout=60, proc=None):
-    """Read lines of a child's pipe until one contains text; returns every line read."""
+    """Read lines of a child's pipe until one contains text; returns every line read. Reads
+    the pipe's file descriptor itself: select() cannot see lines already sitting in the text
+    stream's buffer, so two lines that arrive together would leave the second unseen."""
     import select
 
+    fd = stream.fileno()
+    pending = _read_ahead.pop(id(stream), b"")
     lines = []
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], 0.2)
+    while True:
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            lines.append(line.decode() + "\n")
+            if text in lines[-1]:
+                _read_ahead[id(stream)] = pending
+                return lines
+        if time.monotonic() >= deadline:
+            break
+        ready, _, _ = select.select([fd], [], [], 0.2)
         if not ready:
             if proc is not None and proc.poll() is not None:
                 break
             continue
-        line = stream.readline()
-        if not line:
+        chunk = os.read(fd, 65536)
+        if not chunk:
             break
-        lines.append(line)
-        if text in line:
-            return lines
-    raise AssertionError(f"{text!r} never came; got:\n{''.join(lines)}")
+        pending += chunk
+    raise AssertionError(f"{text!r} never came; got:\n{''.join(lines)}{pending!r}")
 
 
 def finish(proc, timeout=60):
-    """(returncode, stdout, stderr) of a child, killed if it does not end in time."""
+    """(returncode, stdout, stderr) of a child, killed if it does not end in time; with what
+    wait_for read past its line put back in front."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
         raise AssertionError(f"the command did not end in {timeout} s:\n{out}\n{err}")
-    return proc.returncode, out, err
+    early = [_read_ahead.pop(id(s), b"").decode() for s in (proc.stdout, proc.stderr)]
+    return proc.returncode, early[0] + (out or ""), early[1] + (err or "")
 
 
 def one_line_error(stderr):
