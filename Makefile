@@ -48,7 +48,7 @@ kinds: $(STAMP)
 	$(BIN)/python tools/board_kinds.py
 
 bench: $(STAMP)
-	$(BIN)/skip2lora bench --json out/bench.json --report docs/BENCHMARKS.md $(PORT_ARG)
+	$(BIN)/skip2lora bench --json docs/BENCHMARKS.json --report docs/BENCHMARKS.md $(PORT_ARG)
 
 vboard: $(STAMP)
 	$(BIN)/skip2lora board start

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from skip2lora.errors import UserError
+from skip2lora.experiments import source_revision
 from skip2lora.evaluate import accuracy
 
 EPOCH_POINTS = (1, 5, 20, 50)
@@ -425,7 +426,7 @@ def scenario_figures(sc, runs, config, kernels_us):
     Xt, yt = sc.test
     n = len(y)
     points = config.epoch_points
-    f = {"name": sc.name, "n_finetune": n, "n_test": len(yt), "notes": sc.notes,
+    f = {"name": sc.name, "n_finetune": n, "n_test": len(yt), "notes": sc.notes, "dims": dims,
          "baseline_accuracy": accuracy(net.forward(np.asarray(Xt, np.float64)), yt),
          "runs": {}, "accuracy": {}, "accuracy_by_epoch": {}, "epoch_ms": {}, "total_ms": {},
          "heap_peak_bytes": {}, "heap_trainer_bytes": {}, "heap_growth_bytes": {},
@@ -648,12 +649,34 @@ def run(config, scenarios, port=None, workdir="out/bench", log=print):
         if es:
             means[name] = {E: sum(r[E] for r in per) / len(per) for E in sorted(es, key=int)}
     figures["ratios_mean"] = means
+    figures["budgets"] = board_budgets(primary["dims"], config.rank, primary["n_finetune"])
+    figures["source"] = source_revision()
     figures["projection_rp2040"] = project_rp2040(figures)
     figures["elapsed_s"] = time.time() - started
     return figures
 
 
 # --------------------------------------------------------------------------- projection to a real board
+
+BUDGET_BOARDS = ("rp2040", "esp32")
+
+
+def board_budgets(dims, rank, samples):
+    """What `skip2lora compile` checks for this model on each small board (board/profiles.py
+    heap, board/budget.py estimate): the report compares them with the measured heap."""
+    from skip2lora.board.budget import estimate
+    from skip2lora.board.profiles import BOARDS
+
+    out = {}
+    for name in BUDGET_BOARDS:
+        b = BOARDS[name]
+        e = estimate(dims, b, dtype="int8", rank=rank, samples=samples)
+        out[name] = {"description": b.description, "heap_bytes": b.heap_bytes,
+                     "fs_bytes": b.fs_bytes, "ram_estimate_bytes": e.ram_total,
+                     "flash_estimate_bytes": e.flash_total, "fits_ram": e.fits_ram,
+                     "fits_flash": e.fits_flash, "notes": b.notes}
+    return out
+
 
 # Cortex-M figures from PLATFORMS.md (MicroPython v1.29 firmware under QEMU, instruction
 # counts at 8 ns per instruction): one 64x96 matrix-vector product (6144 multiply-adds).

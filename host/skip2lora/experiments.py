@@ -4,6 +4,7 @@ Pre-train in the source room, go through the real import and compile path (so th
 those of the file the board would receive), then fine-tune in the target room with every
 method of the reference and score on the target room's held-out recording.
 """
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,25 @@ def run_method(prepared, method, seed=0, targets="all", progress=None, **overrid
 
 def baseline_accuracy(prepared):
     return accuracy(prepared.network.forward, *prepared.scenario.test)
+
+
+def source_revision(root=None):
+    """The git commit the figures are measured on, and which tracked source files differed
+    from it (host/, device/, tools/), so a committed report names the code behind it."""
+    root = Path(root) if root else Path(__file__).resolve().parents[2]
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=30, check=True).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = (git("rev-parse", "HEAD") or "").strip() or None
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "host", "device",
+                  "tools")
+    return {"commit": commit,
+            "modified": sorted(line[3:] for line in changed.splitlines()) if changed else []}
 
 
 def temporary_workdir():
