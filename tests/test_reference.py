@@ -10,6 +10,8 @@ from skip2lora.reference import (
     gradients, init_params)
 from skip2lora.rng import XorShift32, adapter_init
 
+import rng_pins
+
 
 def make_net(dims, seed=0):
     rng = np.random.default_rng(seed)
@@ -222,9 +224,13 @@ def test_every_method_learns_the_drift():
 # ---------------------------------------------------------------- determinism and protocol
 
 def test_pinned_first_values_of_A0():
-    """The board compares against these: seed 1, a 4 x 3 adapter (r = 4, d_1 = 3)."""
-    pinned = [-0.5772775894453507, -0.5591667056687937, 0.1344118267667426,
-              -0.4946522140656105, 0.06753648233389536]
+    """tests/device/test_device_rng.py holds every board kind to these: seed 1, a 4 x 3
+    adapter (r = 4, d_1 = 3)."""
+    pinned = rng_pins.A0
+    rng = XorShift32(rng_pins.SEED)
+    assert [rng.next_u32() for _ in range(6)] == rng_pins.FIRST_U32 == \
+        rng_pins.xorshift32_numpy(1, 6)
+    assert XorShift32(7).shuffle(list(range(10))) == rng_pins.SHUFFLE_7
     assert adapter_init(XorShift32(1), 4, 3)[:5] == pinned
     net = make_net([3, 5, 2])
     for method in ("skip2lora", "lora-all"):

@@ -2,11 +2,13 @@
 
 build(workdir) writes model-int8.s2lm (512-64-64-3, pretrained in silentA), finetune.s2ld
 and test.s2ld (noisy room, int8) and returns the host-side objects. The pretrained network
-is cached under ~/.cache/skip2lora/device-tests so only the first run pays ~10 s of torch.
+is cached under ~/.cache/skip2lora/device-tests so only the first run pays ~10 s of torch;
+the cache file is named by a hash of what made the network (pretrain.py, the pre-training
+arrays, dims, seed, torch's version), so a change to any of them trains a new one.
 """
+import hashlib
 import os
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,25 +19,43 @@ from skip2lora.network import Dense, Network
 CACHE = Path(os.environ.get("SKIP2LORA_CACHE_DIR") or Path.home() / ".cache" / "skip2lora") \
     / "device-tests"
 SCENARIO = "silentA-to-noisy"
+DIMS = (512, 64, 64, 3)
+SEED = 0
+
+
+def network_key(sc, dims=DIMS, seed=SEED):
+    """Hash of everything the pretrained network depends on."""
+    import torch
+    import skip2lora.pretrain
+    h = hashlib.sha256()
+    h.update(Path(skip2lora.pretrain.__file__).read_bytes())
+    X, y = sc.pretrain
+    for a in (np.ascontiguousarray(X, np.float32), np.ascontiguousarray(y, np.int64)):
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    h.update(repr((tuple(dims), seed, torch.__version__)).encode())
+    return h.hexdigest()[:16]
 
 
 def _network(scenario=SCENARIO):
-    path = CACHE / ("net-%s.pkl" % scenario)
+    from skip2lora.data.cooling_fan import load_scenario
+    sc = load_scenario(scenario)
+    path = CACHE / ("net-%s-%s.pkl" % (scenario, network_key(sc)))
     if path.is_file():
         with open(path, "rb") as f:
             return pickle.load(f)
-    from skip2lora.data.cooling_fan import load_scenario
     from skip2lora.pretrain import pretrain
-    sc = load_scenario(scenario)
-    mlp = pretrain(*sc.pretrain, dims=(512, 64, 64, 3))
+    mlp = pretrain(*sc.pretrain, dims=DIMS, seed=SEED)
     import torch
     layers = [Dense(m.weight.detach().numpy().astype(np.float32),
                     m.bias.detach().numpy().astype(np.float32), "layer%d" % i)
               for i, m in enumerate(x for x in mlp if isinstance(x, torch.nn.Linear))]
     net = Network(layers)
     CACHE.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    tmp = path.with_suffix(".tmp%d" % os.getpid())
+    with open(tmp, "wb") as f:
         pickle.dump(net, f)
+    os.replace(tmp, path)  # never a half-written pickle under the final name
     return net
 
 
