@@ -199,6 +199,12 @@ def blobs(n, centers, rng, shift=0.0):
 
 
 def test_every_method_learns_the_drift():
+    """Every method must win back most of what the drift cost. The yardstick is computed
+    without the reference: nearest class mean of the new room's training data (0.9775 on
+    the test set; before fine-tuning the model scores 0.735). Measured recovery of that gap
+    after 10 epochs: 0.92 (ft-last, lora-last) to 1.0 (ft-all, lora-all); required 0.8, which
+    one standard error of a 400-sample accuracy (~0.01) does not reach. A method that
+    does not learn scores `before`; with every update scaled by 0.1 ft-last recovers 0.64."""
     rng = np.random.default_rng(1)
     centers = rng.normal(size=(3, 12))
     X_src, y_src = blobs(300, centers, rng)
@@ -210,15 +216,18 @@ def test_every_method_learns_the_drift():
     X_tr, y_tr = blobs(200, centers, rng, shift)
     X_te, y_te = blobs(400, centers, rng, shift)
     before = np.mean(np.argmax(net.forward(X_te), axis=1) == y_te)
-    assert before < 0.8  # the drift really hurts (0.735 here; 0.99 on the source data)
+    means = np.array([X_tr[y_tr == c].mean(axis=0) for c in range(3)])
+    yardstick = np.mean(np.argmin(((X_te[:, None] - means[None]) ** 2).sum(-1), axis=1) == y_te)
+    assert before < 0.8 and yardstick > 0.95, (before, yardstick)  # the drift really hurts
     for method in METHODS:
         res = finetune(net, X_tr, y_tr, FinetuneConfig(method=method, lr=0.02, epochs=10,
                                                        batch_size=4, momentum=0.5),
                        X_eval=X_te, y_eval=y_te)
         after = np.mean(np.argmax(res.predict(X_te), axis=1) == y_te)
-        assert after >= before, (method, before, after)
+        recovered = (after - before) / (yardstick - before)
+        assert recovered >= 0.8, (method, before, after, yardstick)
         assert res.history[-1]["eval_acc"] == after
-        assert res.history[-1]["loss"] < res.history[0]["loss"], method
+        assert res.history[-1]["loss"] < 0.5 * res.history[0]["loss"], method
 
 
 # ---------------------------------------------------------------- determinism and protocol
