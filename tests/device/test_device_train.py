@@ -3,7 +3,7 @@ reference, and the Skip-Cache, heap, dataset-append and atomic-save requirements
 
 Tolerances (adapters, max |device - reference| / max |reference| per array):
   float backend  1e-5  (measured ~2e-7: float32 storage of a float64 computation)
-  viper / py     5e-2  (measured ~1e-2: int8 activations, int16 forward copies)
+  viper / py     on what training changed, per case (test_fixed_backends_match_reference)
 viper and py give the same integers, so their adapter files are byte-identical.
 """
 import shutil
@@ -76,15 +76,45 @@ def test_float_backend_matches_reference(fixdir, method, bs, model, data, target
         assert abs(p["acc"] - h["train_acc"]) < 1e-3
 
 
+def change_errors(ref, init, af):
+    """Per adapter: max |dA_dev - dA_ref| / max |dA_ref| with dA = A - A_init (A_init the
+    reference's, from the shared RNG), and the same for B (which starts at zero)."""
+    out = []
+    for (layer, kind, A, B), (_, _, A0, _), a in zip(ref.adapters(), init.adapters(),
+                                                       af.adapters):
+        assert (layer, kind) == (a.layer, a.kind)
+        A, A0, B = (np.asarray(P, np.float64).reshape(Q.shape)
+                    for P, Q in ((A, a.A), (A0, a.A), (B, a.B)))
+        out.append((layer, np.max(np.abs((a.A - A0) - (A - A0))) / np.max(np.abs(A - A0)),
+                    np.max(np.abs(a.B - B)) / np.max(np.abs(B))))
+    return out
+
+
+# The fixed path is integer-only (docs/device.md "One result on every board"): its result is
+# the same on every run and board, so each case's bound is twice its measured worst error of
+# the change (dA, B), not a blanket figure. What training changes is small beside A's initial
+# values (layer 0's A moves 2.7 % at batch 4, 10 % at batch 1), so A itself is not compared:
+# a zeroed update of layer 0 would pass a 5e-2 bound on A; on dA it is an error of 1.0.
+FIXED_CASES = [  # bs, targets, tolerance, measured worst (dA, B)
+    (1, "all", 0.025, (0.0117, 0.0118)),
+    (4, "all", 0.025, (0.0130, 0.0066)),
+    (2, "hidden", 0.065, (0.0217, 0.0323)),
+]
+
+
 @pytest.mark.parametrize("backend", ["viper", "py"])
-@pytest.mark.parametrize("bs,targets", [(1, "all"), (4, "all"), (2, "hidden")])
-def test_fixed_backends_match_reference(fixdir, backend, bs, targets):
+@pytest.mark.parametrize("bs,targets,tol,measured", FIXED_CASES,
+                         ids=["%d-%s" % c[:2] for c in FIXED_CASES])
+def test_fixed_backends_match_reference(fixdir, backend, bs, targets, tol, measured):
     af, res, prog = train_on_device(fixdir, backend=backend, bs=bs, targets=targets,
                                     cache="c.s2lc")
     assert res["backend"] == backend
-    ref = reference(fixdir, "model-int8.s2lm", "dataset-int8.s2ld", "skip2lora", 1 / 64, bs, 3,
-                    targets)
-    assert rel_err(ref, af) < 5e-2
+    args = (fixdir, "model-int8.s2lm", "dataset-int8.s2ld", "skip2lora", 1 / 64, bs)
+    ref, init = reference(*args, 3, targets), reference(*args, 0, targets)
+    errs = change_errors(ref, init, af)
+    assert [e[0] for e in errs] == ([0, 1, 2] if targets == "all" else [1, 2])
+    for layer, da, db in errs:
+        assert da <= tol and db <= tol, (layer, da, db, tol, measured)
 
 
 def test_viper_and_py_give_identical_bytes(fixdir):
