@@ -12,15 +12,17 @@ OUT ?= out/adapters
 PORT_ARG = $(if $(PORT),--port $(PORT),)
 VBOARD = $(if $(PORT),,vboard)
 
-.PHONY: help setup test demo paper bench kinds flash finetune pull vboard clean
+.PHONY: help setup test demo paper bench figures kinds flash finetune pull vboard clean
 
 help:
 	@echo "make demo   - pre-train on one room, fine-tune on another with Skip2-LoRA, show the accuracy won back"
 	@echo "make test   - run the test suite (host and MicroPython device tests)"
 	@echo "make paper  - regenerate docs/RESULTS.md (every method on the cooling-fan drift scenarios)"
 	@echo "make bench  - on-board benchmark of every method, regenerates docs/BENCHMARKS.md"
+	@echo "make figures - re-render RESULTS.md, BENCHMARKS.md, BOARD_KINDS.md and README's figures from their committed JSON"
 	@echo "make kinds  - the fan fine-tune on unix, Cortex-M0+ and M4F firmware: board time, heap, same bytes (docs/BOARD_KINDS.md)"
 	@echo "make demo EMULATE=cortex-m0plus   - the demo on emulated Cortex-M0+ firmware (or cortex-m4f)"
+	@echo "make mutate - mutation score of the fast host tests on formats, reference, quantize, budget, compiler"
 	@echo "make flash MODEL=m.s2lm [PORT=/dev/ttyACM0]   - device package + model to the board"
 	@echo "make finetune DATA=d.npz [EPOCHS=20] [PORT=…]  - fine-tune on the board"
 	@echo "make pull OUT=dir [PORT=…]                     - bring the adapters home"
@@ -43,12 +45,24 @@ demo: $(STAMP)
 
 paper: $(STAMP)
 	$(BIN)/python tools/make_results.py
+	$(BIN)/python tools/readme_figures.py
+
+mutate: $(STAMP)
+	$(BIN)/python tools/mutate.py
 
 kinds: $(STAMP)
 	$(BIN)/python tools/board_kinds.py
 
 bench: $(STAMP)
 	$(BIN)/skip2lora bench --json docs/BENCHMARKS.json --report docs/BENCHMARKS.md $(PORT_ARG)
+	$(BIN)/python tools/readme_figures.py
+
+# The reports again from their committed JSON (no runs): after a change to their wording.
+figures: $(STAMP)
+	$(BIN)/python tools/make_results.py --render
+	$(BIN)/skip2lora bench --from-json docs/BENCHMARKS.json --report docs/BENCHMARKS.md
+	$(BIN)/python tools/board_kinds.py --render
+	$(BIN)/python tools/readme_figures.py
 
 vboard: $(STAMP)
 	$(BIN)/skip2lora board start

@@ -549,6 +549,7 @@ def run(config, scenarios, port=None, workdir="out/bench", log=print):
     from skip2lora.board.link import BOARD_DATASET, BOARD_MODEL, sha256
 
     started = time.time()
+    source = source_revision()  # before the device package is read and uploaded
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     scenarios = [sc.subsample(config.n_samples) for sc in scenarios]
@@ -650,7 +651,7 @@ def run(config, scenarios, port=None, workdir="out/bench", log=print):
             means[name] = {E: sum(r[E] for r in per) / len(per) for E in sorted(es, key=int)}
     figures["ratios_mean"] = means
     figures["budgets"] = board_budgets(primary["dims"], config.rank, primary["n_finetune"])
-    figures["source"] = source_revision()
+    figures["source"] = source
     figures["projection_rp2040"] = project_rp2040(figures)
     figures["elapsed_s"] = time.time() - started
     return figures

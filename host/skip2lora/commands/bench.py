@@ -21,6 +21,9 @@ def register(subparsers):
     parser.add_argument("--report", metavar="FILE",
                         help="write the markdown report (e.g. docs/BENCHMARKS.md) and its "
                              "bench_*.png plots beside it")
+    parser.add_argument("--from-json", metavar="FILE", dest="from_json",
+                        help="run nothing: write --report (and its plots) from the figures in "
+                             "FILE, the JSON of an earlier run")
     parser.add_argument("--workdir", default="out/bench",
                         help="models, the virtual board's image (default out/bench)")
     parser.add_argument("--scenario", action="append", default=None,
@@ -38,6 +41,17 @@ def run(args):
 
     from skip2lora import bench, bench_report
 
+    if args.from_json:
+        import json
+        from pathlib import Path
+
+        figures = json.loads(Path(args.from_json).read_text())
+        if args.report:
+            bench_report.report(figures, args.report)
+            _log(f"report: {args.report} (from {args.from_json})")
+        for line in bench_report.headline_lines(figures):
+            _log(line)
+        return 0
     config = bench.QUICK if args.quick else bench.FULL
     if args.scenario:
         config = replace(config, scenarios=tuple(args.scenario))
