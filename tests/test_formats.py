@@ -1,7 +1,12 @@
-"""Host reader/writer of the four formats against the committed fixtures (docs/formats.md)."""
+"""Host reader/writer of the four formats against the committed fixtures (docs/formats.md).
+
+The fixtures are written by tools/make_fixtures.py's own struct-level writer from the tables
+of docs/formats.md, and their .json from the values written (not decoded), so the host's
+decoder and encoder are both compared with an independent statement of the formats."""
 import importlib.util
 import json
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +71,75 @@ def test_no_stray_fixtures():
 
 @pytest.mark.parametrize("name", VALID)
 def test_valid_fixture_decodes_to_its_json(name):
-    kind = MAKER.DECODERS[name.rsplit(".", 1)[1]][0]
+    kind = MAKER.KINDS[name.rsplit(".", 1)[1]]
     decoded = MAKER.describe(kind, _decoder(name)(FIXTURES / name))
     expected = json.loads((FIXTURES / (name.rsplit(".", 1)[0] + ".json")).read_text())
     assert json.loads(json.dumps(decoded)) == expected
+
+
+# ------------------------------------------------------------------ the host writer
+
+def _host_object(ext, c):
+    """skip2lora.formats objects from the contents make_fixtures wrote."""
+    if ext == "s2lm":
+        return F.ModelFile([F.ModelLayer(l["weight"], l["bias"], l["scale"], l["relu"])
+                            for l in c["layers"]], c["rank"], c["alpha"], c["adapter_mask"])
+    if ext == "s2ld":
+        return F.DatasetFile(c["features"], c["labels"], c["n_classes"], c["dtype"], c["scale"])
+    if ext == "s2lc":
+        return F.CacheFile(c["model_crc"], c["dataset_crc"],
+                           [F.CacheSegment(s["dim"], s["dtype"], s["scale"])
+                            for s in c["segments"]], c["records"])
+    return F.AdapterFile(c["model_crc"], c["rank"], c["n_classes"], c["alpha"],
+                         [F.Adapter(a["layer"], a["kind"], a["A"], a["B"])
+                          for a in c["adapters"]], epochs_done=c["epochs_done"],
+                         method=c["method"])
+
+
+@pytest.mark.parametrize("name", sorted(MAKER.contents()))
+def test_host_writer_writes_the_independent_bytes(name):
+    ext = name.rsplit(".", 1)[1]
+    enc = {"s2lm": F.encode_model, "s2ld": F.encode_dataset, "s2lc": F.encode_cache,
+           "s2la": F.encode_adapters}[ext]
+    assert enc(_host_object(ext, MAKER.contents()[name])) == BUILT[name]
+
+
+# header_len and file size of each valid fixture, worked out by hand from docs/formats.md:
+#   model (L = 3): 24 + 2*(L+1) = 32 -> header_len 36. f32 blocks 8 + 4*d_out*d_in + 4*d_out:
+#     224 + 148 + 80; int8 blocks 8 + 4*d_out + pad4(d_out*d_in) + 4*d_out: 104 + 80 + 48.
+#   dataset: header_len 24, records n_features*itemsize + 1 = 33 (f32) or 9 (int8), 6 of them.
+#   cache (S = 3): 24 + 8*S = 48 -> 52; int: record_len pad4(6) + pad4(10) + 12 = 32,
+#     f32: 24 + 20 + 12 = 56; records of record_len + 4, no trailer.
+#   adapters (K = 3): 28 + 12*K = 64 -> 68; A 2 x d and B 3 x 2 for d = 8, 6, 5: 56 floats.
+#     ft-last (K = 1): 40 -> 44; A 3 x 5 and B 3 x 1: 18 floats.
+BY_HAND = {
+    "model-f32.s2lm": (36, 36 + 224 + 148 + 80 + 4),
+    "model-int8.s2lm": (36, 36 + 104 + 80 + 48 + 4),
+    "dataset-f32.s2ld": (24, 24 + 6 * 33 + 4),
+    "dataset-int8.s2ld": (24, 24 + 6 * 9 + 4),
+    "cache-int.s2lc": (52, 52 + 6 * 36),
+    "cache-f32.s2lc": (52, 52 + 6 * 60),
+    "adapters.s2la": (68, 68 + 4 * 56 + 4),
+    "adapters-ft-last.s2la": (44, 44 + 4 * 18 + 4),
+}
+
+
+def test_fixture_layout_by_hand():
+    assert set(BY_HAND) == set(VALID) - {n for n in VALID if n.startswith("badrecord")}
+    for name, (header_len, size) in BY_HAND.items():
+        data = BUILT[name]
+        assert data[:4] == b"S2L" + name.split(".")[1][3].upper().encode()
+        assert struct.unpack_from("<HH", data, 4) == (1, header_len), name
+        assert len(data) == size, name
+        assert struct.unpack_from("<I", data, header_len - 4)[0] == \
+            zlib.crc32(data[:header_len - 4]), name
+    m = BUILT["model-int8.s2lm"]
+    assert struct.unpack_from("<BBHfII4H", m, 8) == (3, 1, 2, 4.0, 7, 0, 8, 6, 5, 3)
+    assert struct.unpack_from("<HHBBH", m, 36) == (8, 6, 1, 1, 0)  # first block: int8, ReLU
+    assert struct.unpack_from("<6f", m, 44) == tuple((k + 1) / 256 for k in range(6))
+    a = BUILT["adapters.s2la"]
+    assert struct.unpack_from("<IBBHfIB", a, 8)[1:] == (3, 2, 3, 4.0, 3, 0)
+    assert struct.unpack_from("<BBHHHHH", a, 28 + 12) == (1, 0, 2, 6, 3, 2, 0)
 
 
 # ------------------------------------------------------------------ round trips

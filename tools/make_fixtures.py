@@ -1,31 +1,67 @@
 """Write the format fixtures in tests/fixtures/: small valid files of every format, a .json of
-each one's decoded contents, and corrupted copies named bad-<what>-<how>.<ext>.
+each one's contents, and corrupted copies named bad-<what>-<how>.<ext>.
 
     python tools/make_fixtures.py          # (re)write tests/fixtures/
     python tools/make_fixtures.py --check  # exit 1 if the files on disk differ
 
 Everything is built from fixed integer formulas (no RNG, no platform-dependent float maths),
-so the bytes are the same on every machine; tests/test_formats.py calls build() and compares
-with the committed files, so the spec, the writer and the fixtures cannot drift apart.
+so the bytes are the same on every machine.
+
+The bytes are packed here field by field with `struct` and `zlib.crc32`, straight from the
+tables of docs/formats.md, and each .json is written from the values that went in, not from
+decoding the file: this module does not import host/skip2lora/formats.py. So the fixtures are
+an independent statement of the formats that the host's reader and writer
+(tests/test_formats.py) and the board's reader (tests/device/test_device_formats.py) are held
+to; a bug in either one's encoding or decoding fails there instead of being written into the
+fixtures.
 
 Besides the bad-* files (which every reader must reject with a one-line error), the cache has
 `badrecord-*` copies: their header is valid, so a reader accepts the file, but one record is
-damaged and must come back as "recompute" (None on the host), never as values.
+damaged and must come back as "recompute" (null in the .json), never as values.
 """
 import json
 import struct
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "host"))
-
-from skip2lora import formats as F  # noqa: E402
-
 FIXTURES = ROOT / "tests" / "fixtures"
 DIMS = (8, 6, 5, 3)
+
+# docs/formats.md
+F32, I8, I16, I32 = 0, 1, 2, 3
+ITEMSIZE = {F32: 4, I8: 1, I16: 2, I32: 4}
+NUMPY = {F32: "<f4", I8: "i1", I16: "<i2", I32: "<i4"}
+KIND_SKIP, KIND_LORA, KIND_DELTA = 0, 1, 2
+METHODS = {"skip2lora": 0, "skip-lora": 1, "lora-all": 2, "lora-last": 3, "ft-last": 4,
+           "ft-bias": 5, "ft-all": 6}
+
+
+def crc32(data, value=0):
+    return zlib.crc32(bytes(data), value) & 0xFFFFFFFF
+
+
+def pad4(n):
+    return (n + 3) & ~3
+
+
+def header(magic, fields):
+    """magic | version u16 = 1 | header_len u16 | fields | zero padding | header_crc u32."""
+    header_len = pad4(8 + len(fields)) + 4
+    body = struct.pack("<4sHH", magic, 1, header_len) + fields
+    body += bytes(header_len - 4 - len(body))
+    return body + struct.pack("<I", crc32(body))
+
+
+def with_trailer(data):
+    return data + struct.pack("<I", crc32(data))
+
+
+def _arr(values, dtype):
+    return np.ascontiguousarray(values, NUMPY[dtype]).tobytes()
 
 
 def _ramp(n, mul, mod, off, div):
@@ -34,6 +70,7 @@ def _ramp(n, mul, mod, off, div):
 
 
 def _model(int8):
+    """The contents of a model file as its .json gives them (file_crc filled in by write)."""
     layers = []
     for i in range(len(DIMS) - 1):
         d_in, d_out = DIMS[i], DIMS[i + 1]
@@ -43,10 +80,11 @@ def _model(int8):
         if int8:
             scale = (np.arange(d_out, dtype=np.float32) + 1) / np.float32(256.0)
             q = _ramp(d_out * d_in, 37 + i, 251, 11 * i, 1.0).astype(np.int8).reshape(d_out, d_in)
-            layers.append(F.ModelLayer(q, b, scale, relu))
+            layers.append({"weight": q, "bias": b, "scale": scale, "relu": relu})
         else:
-            layers.append(F.ModelLayer(w, b, None, relu))
-    return F.ModelFile(layers, rank=2, alpha=4.0, adapter_mask=0b111)
+            layers.append({"weight": w, "bias": b, "scale": None, "relu": relu})
+    return {"dims": list(DIMS), "dtype": I8 if int8 else F32, "rank": 2, "alpha": 4.0,
+            "adapter_mask": 0b111, "layers": layers}
 
 
 def _dataset(int8):
@@ -55,40 +93,131 @@ def _dataset(int8):
     y = np.array([k % DIMS[-1] for k in range(n)], np.uint8)
     if int8:
         q = _ramp(n * DIMS[0], 41, 255, 0, 1.0).astype(np.int8).reshape(n, DIMS[0])
-        return F.DatasetFile(q, y, DIMS[-1], F.DTYPE_I8, 0.03125)
-    return F.DatasetFile(x, y, DIMS[-1], F.DTYPE_F32, 1.0)
+        return {"n_features": DIMS[0], "n_classes": DIMS[-1], "dtype": I8, "scale": 0.03125,
+                "features": q, "labels": y}
+    return {"n_features": DIMS[0], "n_classes": DIMS[-1], "dtype": F32, "scale": 1.0,
+            "features": x, "labels": y}
 
 
 def _cache(model_crc, dataset_crc):
-    segs = [F.CacheSegment(6, F.DTYPE_I8, 0.0625), F.CacheSegment(5, F.DTYPE_I16, 0.001953125),
-            F.CacheSegment(3, F.DTYPE_I32, 1.0 / 65536)]
+    segs = [(6, I8, 0.0625), (5, I16, 0.001953125), (3, I32, 1.0 / 65536)]
     recs = []
     for k in range(6):
         recs.append([np.array([(k * 3 + j * 5) % 128 for j in range(6)], np.int8),
                      np.array([(k * 1000 + j * 77) % 30000 - 15000 for j in range(5)], np.int16),
                      np.array([(k * 65536 + j * 12345) - 200000 for j in range(3)], np.int32)])
-    return F.CacheFile(model_crc, dataset_crc, segs, recs)
+    return _cache_dict(model_crc, dataset_crc, segs, recs)
 
 
 def _cache_f32(model_crc, dataset_crc):
-    segs = [F.CacheSegment(6), F.CacheSegment(5), F.CacheSegment(3)]
+    segs = [(6, F32, 1.0), (5, F32, 1.0), (3, F32, 1.0)]
     recs = [[_ramp(6, 3, 17, k, 4.0), _ramp(5, 5, 19, k, 8.0), _ramp(3, 7, 13, k, 2.0)]
             for k in range(6)]
-    return F.CacheFile(model_crc, dataset_crc, segs, recs)
+    return _cache_dict(model_crc, dataset_crc, segs, recs)
+
+
+def _cache_dict(model_crc, dataset_crc, segs, recs):
+    return {"model_crc": model_crc, "dataset_crc": dataset_crc,
+            "record_len": sum(pad4(dim * ITEMSIZE[dt]) for dim, dt, _ in segs),
+            "segments": [{"dim": dim, "dtype": dt, "scale": sc} for dim, dt, sc in segs],
+            "records": recs}
 
 
 def _adapters(model_crc):
     ads = []
     for i, d in enumerate(DIMS[:-1]):
-        ads.append(F.Adapter(i, F.KIND_SKIP, _ramp(2 * d, 3 + i, 17, i, 64.0).reshape(2, d),
-                             _ramp(3 * 2, 5, 13, i, 128.0).reshape(3, 2)))
-    return F.AdapterFile(model_crc, 2, 3, 4.0, ads, epochs_done=3, method="skip2lora")
+        ads.append({"layer": i, "kind": KIND_SKIP,
+                    "A": _ramp(2 * d, 3 + i, 17, i, 64.0).reshape(2, d),
+                    "B": _ramp(3 * 2, 5, 13, i, 128.0).reshape(3, 2)})
+    return {"model_crc": model_crc, "rank": 2, "n_classes": 3, "alpha": 4.0, "epochs_done": 3,
+            "method": "skip2lora", "adapters": ads}
 
 
 def _adapters_ft_last(model_crc):
-    a = F.Adapter(2, F.KIND_DELTA, _ramp(15, 3, 17, 0, 64.0).reshape(3, 5),
-                  _ramp(3, 5, 13, 1, 64.0).reshape(3, 1))
-    return F.AdapterFile(model_crc, 1, 3, 1.0, [a], epochs_done=1, method="ft-last")
+    a = {"layer": 2, "kind": KIND_DELTA, "A": _ramp(15, 3, 17, 0, 64.0).reshape(3, 5),
+         "B": _ramp(3, 5, 13, 1, 64.0).reshape(3, 1)}
+    return {"model_crc": model_crc, "rank": 1, "n_classes": 3, "alpha": 1.0, "epochs_done": 1,
+            "method": "ft-last", "adapters": [a]}
+
+
+# ------------------------------------------------------------------ the writer (docs/formats.md)
+
+def write_model(m):
+    L = len(m["layers"])
+    fields = struct.pack("<BBHfII", L, m["dtype"], m["rank"], m["alpha"], m["adapter_mask"], 0)
+    fields += struct.pack("<%dH" % (L + 1), *m["dims"])
+    out = header(b"S2LM", fields)
+    for lay in m["layers"]:
+        d_out, d_in = lay["weight"].shape
+        dt = F32 if lay["scale"] is None else I8
+        out += struct.pack("<HHBBH", d_in, d_out, dt, 1 if lay["relu"] else 0, 0)
+        if dt == F32:
+            out += _arr(lay["weight"], F32) + _arr(lay["bias"], F32)
+        else:
+            w = _arr(lay["weight"], I8)
+            out += _arr(lay["scale"], F32) + w + bytes(pad4(len(w)) - len(w))
+            out += _arr(lay["bias"], F32)
+    return with_trailer(out)
+
+
+def write_dataset(d):
+    out = header(b"S2LD", struct.pack("<HHB3xf", d["n_features"], d["n_classes"], d["dtype"],
+                                      d["scale"]))
+    for x, y in zip(d["features"], d["labels"]):
+        out += _arr(x, d["dtype"]) + struct.pack("<B", int(y))
+    return with_trailer(out)
+
+
+def write_cache(c):
+    segs = c["segments"]
+    fields = struct.pack("<IIIHBx", c["model_crc"], c["dataset_crc"], len(c["records"]),
+                         c["record_len"], len(segs))
+    for s in segs:
+        fields += struct.pack("<HBxf", s["dim"], s["dtype"], s["scale"])
+    out = header(b"S2LC", fields)
+    for rec in c["records"]:
+        payload = b""
+        for s, v in zip(segs, rec):
+            b = _arr(v, s["dtype"])
+            payload += b + bytes(pad4(len(b)) - len(b))
+        out += payload + struct.pack("<I", crc32(payload))
+    return out  # no trailer: one CRC per record
+
+
+def write_adapters(a):
+    ads = a["adapters"]
+    fields = struct.pack("<IBBHfIB3x", a["model_crc"], len(ads), a["rank"], a["n_classes"],
+                         a["alpha"], a["epochs_done"], METHODS[a["method"]])
+    for ad in ads:
+        fields += struct.pack("<BBHHHHH", ad["layer"], ad["kind"], *ad["A"].shape,
+                              *ad["B"].shape, 0)
+    out = header(b"S2LA", fields)
+    for ad in ads:
+        out += _arr(ad["A"], F32) + _arr(ad["B"], F32)
+    return with_trailer(out)
+
+
+WRITERS = {"s2lm": write_model, "s2ld": write_dataset, "s2lc": write_cache,
+           "s2la": write_adapters}
+KINDS = {"s2lm": "model", "s2ld": "dataset", "s2lc": "cache", "s2la": "adapters"}
+
+
+def _plain(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
+def contents_json(ext, contents, data):
+    """The .json of a file: its contents as written, with the file_crc (trailer) it got."""
+    out = _plain(contents)
+    if ext != "s2lc":
+        out["file_crc"] = struct.unpack("<I", data[-4:])[0]
+    return (json.dumps(out, indent=1, sort_keys=True) + "\n").encode()
 
 
 # ------------------------------------------------------------------ decoded contents as JSON
@@ -98,7 +227,8 @@ def _list(a):
 
 
 def describe(kind, obj):
-    """The decoded contents of a file as plain JSON values (floats are exact float32 values)."""
+    """A decoded host object (skip2lora.formats) as the plain JSON values of a fixture's .json,
+    for the tests to compare the host reader with; not used to write the fixtures."""
     if kind == "model":
         return {"dims": list(obj.dims), "dtype": obj.dtype, "rank": obj.rank,
                 "alpha": obj.alpha, "adapter_mask": obj.adapter_mask, "file_crc": obj.file_crc,
@@ -124,19 +254,15 @@ def describe(kind, obj):
     raise ValueError(kind)
 
 
-DECODERS = {"s2lm": ("model", F.decode_model), "s2ld": ("dataset", F.decode_dataset),
-            "s2lc": ("cache", F.decode_cache), "s2la": ("adapters", F.decode_adapters)}
-
-
 # ------------------------------------------------------------------ corruptions
 
 def _reseal(data, trailer=True):
     """Recompute the header CRC (and the file CRC) after a field was changed on purpose."""
     data = bytearray(data)
     header_len = struct.unpack_from("<H", data, 6)[0]
-    struct.pack_into("<I", data, header_len - 4, F.crc32(bytes(data[:header_len - 4])))
+    struct.pack_into("<I", data, header_len - 4, crc32(bytes(data[:header_len - 4])))
     if trailer:
-        struct.pack_into("<I", data, len(data) - 4, F.crc32(bytes(data[:-4])))
+        struct.pack_into("<I", data, len(data) - 4, crc32(bytes(data[:-4])))
     return bytes(data)
 
 
@@ -171,23 +297,29 @@ def _nan_at(data, offset):
     return _reseal(bytes(data))
 
 
+def contents():
+    """name -> (the contents written, as the .json gives them) of every valid fixture."""
+    out = {}
+    out["model-f32.s2lm"] = _model(False)
+    out["model-int8.s2lm"] = _model(True)
+    out["dataset-f32.s2ld"] = _dataset(False)
+    out["dataset-int8.s2ld"] = _dataset(True)
+    crc = {n: struct.unpack("<I", WRITERS[n.rsplit(".", 1)[1]](c)[-4:])[0]
+           for n, c in out.items()}
+    out["cache-int.s2lc"] = _cache(crc["model-int8.s2lm"], crc["dataset-int8.s2ld"])
+    out["cache-f32.s2lc"] = _cache_f32(crc["model-f32.s2lm"], crc["dataset-f32.s2ld"])
+    out["adapters.s2la"] = _adapters(crc["model-f32.s2lm"])
+    out["adapters-ft-last.s2la"] = _adapters_ft_last(crc["model-f32.s2lm"])
+    return out
+
+
 def build():
     """name -> bytes of every fixture file (valid, .json, bad-*, badrecord-*)."""
     files = {}
     valid = {}
-    m32, m8 = _model(False), _model(True)
-    valid["model-f32.s2lm"] = F.encode_model(m32)
-    valid["model-int8.s2lm"] = F.encode_model(m8)
-    valid["dataset-f32.s2ld"] = F.encode_dataset(_dataset(False))
-    valid["dataset-int8.s2ld"] = F.encode_dataset(_dataset(True))
-    mcrc = struct.unpack("<I", valid["model-int8.s2lm"][-4:])[0]
-    dcrc = struct.unpack("<I", valid["dataset-int8.s2ld"][-4:])[0]
-    mcrc32 = struct.unpack("<I", valid["model-f32.s2lm"][-4:])[0]
-    dcrc32 = struct.unpack("<I", valid["dataset-f32.s2ld"][-4:])[0]
-    valid["cache-int.s2lc"] = F.encode_cache(_cache(mcrc, dcrc))
-    valid["cache-f32.s2lc"] = F.encode_cache(_cache_f32(mcrc32, dcrc32))
-    valid["adapters.s2la"] = F.encode_adapters(_adapters(mcrc32))
-    valid["adapters-ft-last.s2la"] = F.encode_adapters(_adapters_ft_last(mcrc32))
+    written = contents()
+    for name, c in written.items():
+        valid[name] = WRITERS[name.rsplit(".", 1)[1]](c)
 
     m, mi, d, di = (valid["model-f32.s2lm"], valid["model-int8.s2lm"], valid["dataset-f32.s2ld"],
                     valid["dataset-int8.s2ld"])
@@ -225,15 +357,20 @@ def build():
     bad["bad-adapters-method.s2la"] = _put(a, 24, "B", 99)
     bad["bad-adapters-nan.s2la"] = _nan_at(a, struct.unpack_from("<H", a, 6)[0] + 4)
     # header valid, one record damaged: the reader must hand back "recompute", not values
-    rec = F.CacheFile(0, 0, _cache(0, 0).segments).record_len + 4
-    badrec = {"badrecord-cache-crc.s2lc": _flip(c, chl + rec * 2 + 1),
-              "badrecord-cache-truncated.s2lc": c[:chl + rec * 5 + 3]}
+    rec = written["cache-int.s2lc"]["record_len"] + 4
+    badrec = {"badrecord-cache-crc.s2lc": (_flip(c, chl + rec * 2 + 1), [2]),
+              "badrecord-cache-truncated.s2lc": (c[:chl + rec * 5 + 3], [5])}
 
-    for name, data in list(valid.items()) + list(badrec.items()):
-        kind, decode = DECODERS[name.rsplit(".", 1)[1]]
+    for name, data in valid.items():
         files[name] = data
-        files[name.rsplit(".", 1)[0] + ".json"] = (
-            json.dumps(describe(kind, decode(data)), indent=1, sort_keys=True) + "\n").encode()
+        files[name.rsplit(".", 1)[0] + ".json"] = contents_json(name.rsplit(".", 1)[1],
+                                                                written[name], data)
+    for name, (data, damaged) in badrec.items():
+        content = dict(written["cache-int.s2lc"])
+        content["records"] = [None if k in damaged else r
+                              for k, r in enumerate(content["records"])]
+        files[name] = data
+        files[name.rsplit(".", 1)[0] + ".json"] = contents_json("s2lc", content, data)
     files.update(bad)
     return files
 

@@ -1,6 +1,7 @@
 """The device reader (device/s2l/formats.py and friends) on the MicroPython unix port: it accepts
-every valid host fixture with the same decoded contents, and rejects every corrupted one with
-a one-line error naming the file."""
+every valid fixture with the contents its .json gives (written by tools/make_fixtures.py from
+the values it packed, independently of both readers), and rejects every corrupted one with a
+one-line error naming the file."""
 import json
 import struct
 
