@@ -11,7 +11,10 @@ from .formats import KIND_SKIP, pad4, zeros
 from .qmath import bitlen, bits_at, q15, rshift_round, split
 from . import kernels
 
-N_MAX = 46  # a larger shift leaves nothing of a 31-bit product: the channel reads 0
+# dense_q16's shift range (docs/device.md, "Bounds"); the kernel gives the same integers for
+# any shift beyond: from 43 on the channel reads its bias alone, and from -15 down any
+# non-zero product saturates
+N_MIN, N_MAX = -15, 46
 
 
 class Int8Forward:
@@ -37,7 +40,7 @@ class Int8Forward:
             self.M0.append(M0)
             self.N0.append(N0)
             self.M.append(zeros("i", lay.d_out))
-            self.N.append(bytearray(lay.d_out))
+            self.N.append(zeros("b", lay.d_out))
             self.B.append(Bq)
         self._ads_src = None
         self._ads = []
@@ -47,10 +50,10 @@ class Int8Forward:
         M0, N0, M, N = self.M0[i], self.N0[i], self.M[i], self.N[i]
         for j in range(len(N)):
             n = N0[j] + p
-            if n < 0 or n > N_MAX:
+            if n > N_MAX:
                 M[j], N[j] = 0, 15
             else:
-                M[j], N[j] = M0[j], n
+                M[j], N[j] = M0[j], (n if n > N_MIN else N_MIN)
         self.p[i] = p
 
     def _adapters(self):

@@ -20,12 +20,14 @@ def dense_q16(W, X, d_in, j0, nr, M, N, BETA, OUT, sx):
         n = N[j]
         t = (acc >> 15) * m + (((acc & 0x7FFF) * m + 16384) >> 15)
         if n > 15:
-            v = (t + (1 << (n - 16))) >> (n - 15)
+            v = (t + (1 << (n - 16))) >> (n - 15) if n < 47 else 0
         elif n == 15:
             v = t
-        else:
+        elif n > -15:
             lim = LIM >> (15 - n)
             v = (lim if t > lim else (-lim if t < -lim else t)) << (15 - n)
+        else:
+            v = LIM if t > 0 else (-LIM if t < 0 else 0)
         OUT[j] = _sat(v + BETA[j])
         row += d_in
 
@@ -46,7 +48,7 @@ def requant8(V, d, m, n, relu, OUT, sx):
 def adapter_u(A, X, d, ps, sh):
     acc = dot_a16x8(A, X, d, ps)
     if sh > 0:
-        acc = (acc + (1 << (sh - 1))) >> sh
+        acc = ((acc >> (sh - 1)) + 1) >> 1
     elif sh < 0:
         acc = max(-32767, min(32767, acc)) << (-sh)
     return max(-32767, min(32767, acc))
@@ -92,7 +94,15 @@ def upd_b(B32, B16, G, U, C, r, sh, refresh, sx):
 def upd_a(A32, A16, X, e, d, sh, refresh, sx):
     if e == 0 and not refresh:
         return
-    if sh > 0:
+    if sh > 30:
+        s1 = sh - 1
+        for k in range(d):
+            v = A32[k] - (((e * X[k]) >> s1) + 1 >> 1)
+            v = LIM if v > LIM else (-LIM if v < -LIM else v)
+            A32[k] = v
+            if refresh:
+                A16[k] = (v + 32768) >> 16
+    elif sh > 0:
         half = 1 << (sh - 1)
         for k in range(d):
             v = A32[k] - ((e * X[k] + half) >> sh)
@@ -158,6 +168,10 @@ def quant_f32(SRC, d, M, n, OUT):
             m |= 0x800000
         else:
             ex = 1
+            if m:
+                while m < 0x800000:
+                    m <<= 1
+                    ex -= 1
         p = (m >> 9) * M
         sh = 141 + n - ex
         if p == 0 or sh > 31:

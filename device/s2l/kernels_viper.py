@@ -34,20 +34,30 @@ def dense_q16(W: ptr8, X: ptr8, d_in: int, j0: int, nr: int, M: ptr32, N: ptr8,
         m = M[j]
         m = (m << sx) >> sx
         n = int(N[j])
+        n = (n ^ 0x80) - 0x80  # N is int8: every value it holds gives the exact result
         hi = acc >> 15
         lo = acc & 0x7FFF
         t = hi * m + ((lo * m + 16384) >> 15)
         if n > 15:
-            v = (t + (1 << (n - 16))) >> (n - 15)
+            if n < 47:
+                v = (t + (1 << (n - 16))) >> (n - 15)
+            else:  # a shift of 32 or more rounds any int32 t to 0 (and 1 << 31 would wrap)
+                v = 0
         elif n == 15:
             v = t
-        else:
+        elif n > -15:
             lim = 0x3FFFFFFF >> (15 - n)
             if t > lim:
                 t = lim
             elif t < 0 - lim:
                 t = 0 - lim
             v = t << (15 - n)
+        else:  # t * 2**30 or more: saturated unless t is 0 (LIM >> 30 would be 0)
+            v = 0
+            if t > 0:
+                v = 0x3FFFFFFF
+            elif t < 0:
+                v = -0x3FFFFFFF
         b = BETA[j]
         b = (b << sx) >> sx
         v += b
@@ -108,8 +118,8 @@ def adapter_u(A: ptr16, X: ptr8, d: int, ps: int, sh: int) -> int:
             c = (c + (1 << (ps - 1))) >> ps
         acc += c
         k0 = k1
-    if sh > 0:
-        acc = (acc + (1 << (sh - 1))) >> sh
+    if sh > 0:  # round half up without acc + 2**(sh-1), which passes 2**31 at sh = 31
+        acc = ((acc >> (sh - 1)) + 1) >> 1
     elif sh < 0:
         if acc > 32767:
             acc = 32767
@@ -207,7 +217,24 @@ def upd_a(A32: ptr32, A16: ptr16, X: ptr8, e: int, d: int, sh: int, refresh: int
     if e == 0 and refresh == 0:
         return
     k = 0
-    if sh > 0:
+    if sh > 30:
+        # sh 31, 32 (the Trainer's largest): e x + 2**(sh-1) could pass 2**31, so round
+        # as ((e x >> (sh-1)) + 1) >> 1, the same integer; kept out of the common loop
+        s1 = sh - 1
+        while k < d:
+            x = X[k]
+            p = (((e * ((x ^ 0x80) - 0x80)) >> s1) + 1) >> 1
+            v = A32[k]
+            v = ((v << sx) >> sx) - p
+            if v > 0x3FFFFFFF:
+                v = 0x3FFFFFFF
+            elif v < -0x3FFFFFFF:
+                v = -0x3FFFFFFF
+            A32[k] = v
+            if refresh:
+                A16[k] = (v + 32768) >> 16
+            k += 1
+    elif sh > 0:
         half = 1 << (sh - 1)
         while k < d:
             x = X[k]
@@ -310,8 +337,12 @@ def quant_f32(SRC: ptr32, d: int, M: int, n: int, OUT: ptr8):
         m = v & 0x7FFFFF
         if ex:
             m = m | 0x800000
-        else:
+        else:  # a subnormal: normalised first, or its top 15 bits would be zeros
             ex = 1
+            if m:
+                while m < 0x800000:
+                    m = m << 1
+                    ex -= 1
         p = (m >> 9) * M
         sh = 141 + n - ex
         if p == 0 or sh > 31:

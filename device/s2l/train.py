@@ -39,6 +39,17 @@ EXP2_Q14 = (16384, 16208, 16033, 15860, 15689, 15520, 15353, 15188, 15024, 14862
             9742, 9637, 9533, 9431, 9329, 9228, 9129, 9031, 8933, 8837, 8742, 8648, 8555, 8463,
             8371, 8281, 8192)
 LN_16384 = 9.704060527839234  # ln(2**14), for the printed loss only
+# The kernels' parameter ranges (docs/device.md, "Bounds"), clamped where the parameters are
+# set. Beyond each end the result is provably the same integers as at the end itself, except
+# the two left-shift caps of the master updates (a step past them is capped, see the docs).
+N_LO, N_HI = -15, 46      # dense_q16 shift: t * 2**30 saturates; from 43 on the row reads 0
+RQ_HI = 46                # requant8 shift: from 46 on every code rounds to 0
+SHU_LO, SHU_HI = -15, 32  # adapter_u: u saturates for any acc != 0 / rounds to 0
+SHB_LO, SHB_HI = -29, 30  # upd_b: LIM >> 30 is 0 (capped at -29) / |g u| < 2**29 rounds to 0
+SHA_LO, SHA_HI = -29, 32  # upd_a: as upd_b (capped at -29) / |e x| < 2**31 rounds to 0
+# the smallest activation scale the calibration gives (a maximum of 256 in Q16): a smaller one
+# (a cache header written elsewhere) would need a requant8 shift below 16
+SCALE_FLOOR = f32_ratio(256, 127 * 65536)
 
 
 def _sat(v, lim=LIM):
@@ -169,7 +180,7 @@ class Trainer:
         self.e14 = zeros("i", C)   # exp(y - max y), Q14
         self._chunk = zeros("f", 64)  # save(): real-valued adapters written 64 at a time
         self.dM = [zeros("i", dims[i + 1]) for i in range(L)]   # per-channel multipliers
-        self.dN = [bytearray(dims[i + 1]) for i in range(L)]    # per-channel shifts
+        self.dN = [zeros("b", dims[i + 1]) for i in range(L)]   # per-channel shifts
         self.dB = [zeros("i", dims[i + 1]) for i in range(L)]   # biases, Q16
         self.rq = [(0, 16)] * L                                 # requant (M, n) per layer
         self.x1_in_cache = ds.dtype != I8
@@ -206,6 +217,8 @@ class Trainer:
         derive every integer constant from it (and, the first time, draw the adapters'
         int32 masters). Integers only (qmath), so every board gets the same constants."""
         m, L = self.model, self.L
+        # positive float32 patterns order as their values
+        scales = [scales[0]] + [s if s >= SCALE_FLOOR else SCALE_FLOOR for s in scales[1:]]
         self.scales = scales
         for i in range(L):
             lay = m.layers[i]
@@ -214,14 +227,17 @@ class Trainer:
             for j in range(lay.d_out):
                 mw, ew = split(bits_at(lay.scale, j))
                 M, n = q15(mw * mx, 1, ew + ex + 16)
-                if n > 255:
+                if n > N_HI:
                     M, n = 0, 15
+                elif n < N_LO:
+                    n = N_LO
                 Ms[j], Ns[j] = M, n
                 mb, eb = split(bits_at(lay.bias, j))
                 Bs[j] = _sat(rshift_round(mb, -16 - eb))
             if i + 1 < L:
                 mn, en = split(scales[i + 1])
-                self.rq[i] = q15(1, mn, -16 - en)
+                M, n = q15(1, mn, -16 - en)  # n >= 16 from SCALE_FLOOR
+                self.rq[i] = (0, 16) if n > RQ_HI else (M, n)
         m0, e0 = split(scales[0])
         self._qx = q15(1, m0, -e0)  # 1 / scale of x_1: float samples to int8 codes
         if not adapters:
@@ -232,7 +248,7 @@ class Trainer:
                 mi <<= 1
                 ei -= 1
             a.m24, a.Eexp = mi, -ei - 24   # x = q * m * 2**-Eexp
-            a.shu = 4 + a.Eexp - a.ps
+            a.shu = max(SHU_LO, min(SHU_HI, 4 + a.Eexp - a.ps))
             a.R, a.Rsh = qbits(1, mi, -6, 30)  # real A = A32 / (m * 2**30) = A32 * R / 2**Rsh
             if not a.drawn:
                 self._draw_a(a)
@@ -260,10 +276,10 @@ class Trainer:
             return
         h = n - 15  # eta = (F / 2**15) * 2**-h
         self._eta = F
-        self._shb = h - 5
+        self._shb = max(SHB_LO, min(SHB_HI, h - 5))
         for a in self.ads:
             a.Mp = rshift_round(F * a.m24 * a.m24, 48)
-            a.sha = h + a.Eexp - 3 - T_BG
+            a.sha = max(SHA_LO, min(SHA_HI, h + a.Eexp - 3 - T_BG))
 
     def _load_x1_fixed(self, k):
         ds = self.data

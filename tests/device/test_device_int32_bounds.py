@@ -1,4 +1,5 @@
-"""The fixed-point kernels cannot overflow a 32-bit viper int.
+"""The fixed-point kernels cannot overflow a 32-bit viper int, over every parameter the
+Trainer and the int8 predict can pass them.
 
 The unix port's viper ints are 64 bits, so a kernel that overflows int32 still gives the right
 answer here and the wrong one on a board. This test runs the device's own pure-Python kernels
@@ -13,9 +14,18 @@ The float32 kernels (to_f32, absmax_f32, quant_f32) read and write bit patterns 
 in the twin. For the check, unpack_from gives what a board's ptr32 load gives, a signed int32
 (as an I32), and to_f32's `(s << 31) | ...` may set the sign bit (a Pattern: nothing may
 compute with it). Their results are also compared with exact Fraction arithmetic on the host.
+
+Every kernel parameter (shifts, multipliers) has a range, clamped where it is set
+(train.py _set_scales/_batch_consts, int8forward._shifts; docs/device.md "Bounds"):
+test_trainer_parameters_stay_in_the_kernel_ranges drives the real code that sets them with
+float32 scales, lr and alpha at their extremes, test_clamps_keep_the_integers shows that a
+clamp gives the integers the unclamped parameter gives, and CASES holds each kernel's worst
+data at both ends of each range (test_cases_reach_every_end).
 """
 import importlib.util
 import json
+from array import array
+import math
 import random
 import struct
 import sys
@@ -132,38 +142,79 @@ def _ps(d):
 # g16 = round((p - onehot) * 16384): sum |g16| <= 2 * 16384 + C / 2.
 A16_MAX = (LIM + 32768) >> 16
 CASES = []
+# The parameter ranges, as train.py and int8forward.py clamp them (imported from the device
+# code below, and checked against these literals).
+N_RANGE = (-15, 46)     # dense_q16 shift (the kernel is exact for all of int8 N: -128..127)
+RQ_RANGE = (16, 46)     # requant8 shift
+SHU_RANGE = (-15, 32)   # adapter_u final shift
+SHB_RANGE = (-29, 30)   # upd_b shift
+SHA_RANGE = (-29, 32)   # upd_a shift
+# adapter_u: every shift of its range, at the row lengths where a chunk or the whole row peaks
 for d in (1, 512, 513, 4096):
     for sign in (1, -1):
-        for sh in (-3, 0, 10, 24):
+        for sh in ((-16, -15, -3, 0, 10, 24, 30, 31, 32) if d in (512, 4096) else (-15, 0, 32)):
             CASES.append(("adapter_u", [[sign * A16_MAX] * d, [-128] * d, d, _ps(d), sh]))
+# dense_q16: |acc| up to 128 * 128 * 4096 = 2**26 in both signs (row 0 +, row 1 -), M at both
+# ends of q15's [2**14, 2**15), every kind of shift N can hold; and a row of tiny weights
+# (acc = +-1), where the old n >= 47 went wrong
+DENSE_N = (-128, -16, -15, -14, 0, 8, 14, 15, 16, 40, 42, 43, 46, 47, 79, 80, 127)
 for d_in in (512, 4096):
-    for n in (8, 15, 16, 40):
+    for n in ((8, 15, 16, 40) if d_in == 512 else DENSE_N):
         for bias in (LIM, -LIM):
-            CASES.append(("dense_q16", [[-128] * (2 * d_in), [-128] * d_in, d_in, 0, 2,
-                                        [32767, 32767], [n, n], [bias, bias], [0, 0], 0]))
+            CASES.append(("dense_q16", [[-128] * d_in + [127] * d_in, [-128] * d_in, d_in, 0,
+                                        2, [32767, 16384], [n, n], [bias, bias], [0, 0], 0]))
+for n in DENSE_N:
+    CASES.append(("dense_q16", [[1] + [0] * 7 + [-1] + [0] * 7 + [0] * 8, [1] * 8, 8, 0, 3,
+                                [16384, 16384, 32767], [n, n, n], [5, -5, 5], [0, 0, 0], 0]))
 for v in (LIM, -LIM, 0):
-    for n in (16, 30):
+    for n in (16, 30, 45, 46):
         CASES.append(("requant8", [[v, -v, 1], 3, 32767, n, 1, [0, 0, 0], 0]))
         CASES.append(("requant8", [[v, -v, 1], 3, 32767, n, 0, [0, 0, 0], 0]))
+
+
+def _g_worst(C):
+    """g16 at the largest sum |g16| the integer softmax can give: -16384 for the label, and the
+    others summing to at least 16384 + 3 (C - 1) / 4 (each p rounded up by 1/2 at most, then
+    (p + 1) >> 1)."""
+    G = [-16384] + [(16384 + C // 2) // (C - 1) + 1] * (C - 1)
+    assert 4 * sum(G[1:]) >= 4 * 16384 + 3 * (C - 1)
+    return G
+
+
+BG_CASES = []
 for C, r in ((3, 4), (255, 64)):
     for y0 in (LIM, -LIM):
         for sign in (1, -1):
             CASES.append(("logits_bu", [[sign * A16_MAX] * (C * r), [32767] * r, C, r,
                                         [y0] * C, 0]))
-    # bg: the largest |sum_c B[c,j] G[c]| the softmax can produce
-    G = [-16384] + [(16384 + C // 2) // (C - 1) + 1] * (C - 1)
-    for t in (6,):
-        CASES.append(("bg", [[A16_MAX] * (C * r), G, C, r, 32767, t, [0] * r]))
-        CASES.append(("bg", [[-A16_MAX] * (C * r), G, C, r, 32767, t, [0] * r]))
-    for sh in (-4, 1, 2, 10):
+            CASES.append(("logits_bu", [[sign * A16_MAX] * (C * r), [-32767] * r, C, r,
+                                        [y0] * C, 0]))
+    # bg: the largest |sum_c B[c,j] G[c]|: every B saturated, its sign matched to G's (both
+    # directions), and the old same-sign B (which cancels) kept
+    G = _g_worst(C)
+    for sign in (1, -1):
+        Bw = [sign * (A16_MAX if g > 0 else -A16_MAX) for g in G for _ in range(r)]
+        BG_CASES.append(("bg", [Bw, G, C, r, 32767, 6, [0] * r]))
+        CASES.append(("bg", [[sign * A16_MAX] * (C * r), G, C, r, 32767, 6, [0] * r]))
+    # upd_b: B32 - round(g u / 2**sh), the step in both directions from both saturated ends
+    for sh in (-29, -4, 1, 2, 10, 29, 30):
         for b0 in (LIM, -LIM):
-            CASES.append(("upd_b", [[b0] * (C * r), [0] * (C * r), [16384] * C, [-32767] * r, C,
-                                    r, sh, 1, 0]))
-            CASES.append(("upd_b", [[b0] * (C * r), [0] * (C * r), [-16384] * C, [32767] * r, C,
-                                    r, sh, 1, 0]))
-E_MAX = ((A16_MAX * (2 * 16384 + 128)) >> 15) * 32767 >> 6  # bound on e from bg (t = 6)
+            for g, u in ((16384, -32767), (-16384, 32767), (16384, 32767), (-16384, -32767)):
+                CASES.append(("upd_b", [[b0] * (C * r), [0] * (C * r), [g] * C, [u] * r, C,
+                                        r, sh, 1, 0]))
+CASES += BG_CASES
+# the bound on e = E[j] (upd_a's multiplier): the largest |E| of the bg worst cases
+
+
+def _bg_out(args):
+    E = [0] * len(args[-1])
+    K.bg(*args[:-1], E)
+    return E
+
+
+E_MAX = max(abs(v) for _, args in BG_CASES for v in _bg_out(args))
 for d in (8, 512):
-    for sh in (-3, 1, 6):
+    for sh in (-29, -3, 1, 6, 30, 31, 32):
         for a0 in (LIM, -LIM):
             for e in (E_MAX, -E_MAX):
                 CASES.append(("upd_a", [[a0] * d, [0] * d, [-128] * d, e, d, sh, 1, 0]))
@@ -239,8 +290,9 @@ def _quant_inputs(M, n, k0):
 
 
 # M: Q15 reciprocals of a float32 scale (2**14..2**15-1) and predict()'s 16384; n over what
-# q15(1, m, -e) gives for a normal float32 scale (-112..142) and predict()'s 14 - p (-118..)
-for k0, (M, n) in enumerate(((16384, -118), (32767, -112), (16385, -60), (23170, 0), (16384, 7), (32767, 14),
+# q15(1, m, -e) gives for any positive float32 scale (-135..142: a cache header may hold a
+# subnormal x_1 scale) and predict()'s 14 - p (-141..135 for a sample of any finite floats)
+for k0, (M, n) in enumerate(((16384, -141), (16384, -135), (16384, -118), (32767, -112), (16385, -60), (23170, 0), (16384, 7), (32767, 14),
              (20000, 22), (32767, 40), (16384, 100), (30000, 135), (16384, 142))):
     xs = _quant_inputs(M, n, k0 - 129)
     CASES.append(("quant_f32", [xs, len(xs), M, n, [0] * len(xs)]))
@@ -317,6 +369,259 @@ def test_bounds_would_be_violated_without_the_guards():
     """The guards matter: without the 512-chunk pre-shift a 4096-long row overflows."""
     with pytest.raises(Overflow):
         _run_py("adapter_u", [[A16_MAX] * 4096, [-128] * 4096, 4096, 0, 0])
+
+
+def _device(name):
+    """A module of the device package, imported on CPython (the same code a board runs)."""
+    sys.path.insert(0, str(DEVICE))
+    try:
+        return importlib.import_module("s2l." + name)
+    finally:
+        sys.path.remove(str(DEVICE))
+
+
+def _rhu(num, den):
+    """round half up of num / den (Fractions or ints), exactly."""
+    return math.floor(Fraction(num) / Fraction(den) + Fraction(1, 2))
+
+
+def _sat(v, lim=LIM):
+    return max(-lim, min(lim, v))
+
+
+def dense_ref(acc, M, n, beta):
+    """dense_q16's statement for one row, any shift n: t = acc * M / 2**15 rounded half up,
+    then / 2**(n-15) rounded half up (n >= 15), or * 2**(15-n) pre-saturated to LIM >> (15-n)
+    (15 - n <= 29), or saturated (15 - n >= 30: t * 2**30 passes LIM unless t is 0); + beta,
+    saturated at LIM."""
+    t = _rhu(acc * M, 1 << 15)
+    if n >= 15:
+        v = _rhu(t, 1 << (n - 15))
+    elif 15 - n <= 29:
+        lim = LIM >> (15 - n)
+        v = _sat(t, lim) << (15 - n)
+    else:
+        v = _sat(t << (15 - n))
+    return _sat(v + beta)
+
+
+def _dense_accs(args):
+    W, X, d_in, j0, nr = args[:5]
+    return [sum(W[j * d_in + k] * X[k] for k in range(d_in)) for j in range(nr)]
+
+
+def test_dense_q16_against_exact_statement():
+    """Every dense_q16 case, every shift int8 N holds (-128..127), against dense_ref."""
+    seen = set()
+    for i, (name, args) in enumerate(CASES):
+        if name != "dense_q16":
+            continue
+        out = _checked(i)["outs"][-1]
+        M, N, BETA = args[5], args[6], args[7]
+        for j, acc in enumerate(_dense_accs(args)):
+            assert out[j] == dense_ref(acc, M[j], N[j], BETA[j]), (acc, M[j], N[j], BETA[j])
+            seen.add(N[j])
+    assert {-128, 127, N_RANGE[0], N_RANGE[1], 47, 80} <= seen
+
+
+def test_cases_reach_every_end():
+    """CASES holds each kernel's worst data at both ends of every parameter range, in both
+    signs: the proof is only as complete as this list."""
+    by = {}
+    for i, (name, args) in enumerate(CASES):
+        by.setdefault(name, []).append(args)
+    # dense_q16: +-2**26 sums at both ends of N (and past them), acc = +-1 too
+    accs = {(a[6][j], acc) for a in by["dense_q16"] for j, acc in enumerate(_dense_accs(a))}
+    for n in (-128, N_RANGE[0], N_RANGE[1], 127):
+        assert {(n, 1 << 26), (n, -127 * 128 * 4096), (n, 1), (n, -1), (n, 0)} <= accs, n
+    # requant8: |v| = LIM in both signs at both ends of n
+    rq = {(a[3], v) for a in by["requant8"] for v in a[0]}
+    assert {(n, v) for n in RQ_RANGE for v in (LIM, -LIM)} <= rq
+    # adapter_u: |sum| = 2**30 in both signs at both ends of sh
+    au = {(a[4], a[0][0] * a[1][0] * min(a[2], 512) >> a[3] << a[3]) for a in by["adapter_u"]}
+    for sh in SHU_RANGE:
+        assert {(sh, (1 << 30) >> 9 << 9), (sh, -(1 << 30))} <= {(s, v) for s, v in au}, sh
+    # upd_b: from both saturated ends, steps g u of both signs, at both ends of sh
+    ub = {(a[6], a[0][0] > 0, a[2][0] * a[3][0] > 0) for a in by["upd_b"]}
+    assert {(sh, b, p) for sh in SHB_RANGE for b in (0, 1) for p in (0, 1)} <= ub
+    # upd_a: |e x| = E_MAX * 128 in both signs, at both ends of sh, from both ends
+    ua = {(a[5], a[0][0] > 0, a[3] * a[2][0]) for a in by["upd_a"]}
+    for sh in SHA_RANGE:
+        for a0 in (0, 1):
+            assert {(sh, a0, E_MAX * 128), (sh, a0, -E_MAX * 128)} <= ua, sh
+    assert E_MAX * 128 > 1 << 30  # so that upd_a's sh = 31 needs its own rounding
+    # bg: the largest |sum B G| of the softmax's g16, in both signs
+    sums = [sum(a[0][c * a[3]] * a[1][c] for c in range(a[2])) for a in by["bg"]]
+    bound = A16_MAX * (16384 + 16384 + 3 * 254 // 4)
+    assert max(sums) >= bound and min(sums) <= -bound
+    # logits_bu: products of both signs onto both saturated ends
+    lb = {(a[4][0], a[0][0] * a[1][0] > 0) for a in by["logits_bu"]}
+    assert lb == {(y, p) for y in (LIM, -LIM) for p in (False, True)}
+
+
+# every float32 at an end of its range or of the exponent range: the smallest subnormal, the
+# largest subnormal, the smallest normal, 1.0, 1.5, the largest finite
+F32_ENDS = (1, 0x007FFFFF, 0x00800000, 0x3F800000, 0x3FC00000, 0x7F7FFFFF)
+
+
+def _f32_bytes(patterns):
+    return bytearray(struct.pack("<%dI" % len(patterns), *patterns))
+
+
+def _trainer(train, d0, rank, w_scales, C):
+    """A Trainer's fixed-path state as _alloc_fixed makes it, for a 2-layer model d0-C-C with
+    the weight scales w_scales on both layers' C channels, skip adapters on both layers."""
+    formats = _device("formats")
+    T = train.Trainer.__new__(train.Trainer)
+    lay = [types.SimpleNamespace(d_in=d, d_out=C, scale=_f32_bytes(w_scales),
+                                 bias=_f32_bytes([0x7F7FFFFF, 0xFF7FFFFF, 0] + [0] * (C - 3)))
+           for d in (d0, C)]
+    T.model = types.SimpleNamespace(dims=[d0, C, C], layers=lay)
+    T.rank, T.C, T.L, T.targets, T.method = rank, C, 2, [0, 1], "skip-lora"
+    T.data = types.SimpleNamespace(dtype=formats.I8)
+    # formats.zeros fills a large array from range(n), which CPython's array('b') refuses
+    with mock.patch.object(train, "zeros", lambda t, n: array(t, [0]) * n):
+        T._alloc_fixed()
+    for a in T.ads:
+        a.drawn = True  # the A draws are glue code (Python ints), not a kernel parameter
+    return T
+
+
+def test_trainer_parameters_stay_in_the_kernel_ranges():
+    """The code that sets the kernels' parameters (Trainer._set_scales, _batch_consts), run with
+    every float32 at an end of its range for the weight scales, the activation scales (a
+    dataset's or a cache header's: any positive float32), lr and alpha, rank 1 and 64, batches
+    of 1 and 2**20 samples, rows of 1..4096: each parameter lands in the range over which
+    CASES checks its kernel, and the clamps are reached from both sides."""
+    train, qmath = _device("train"), _device("qmath")
+    assert (train.N_LO, train.N_HI) == N_RANGE and train.RQ_HI == RQ_RANGE[1]
+    assert (train.SHU_LO, train.SHU_HI) == SHU_RANGE
+    assert (train.SHB_LO, train.SHB_HI) == SHB_RANGE and (train.SHA_LO, train.SHA_HI) == SHA_RANGE
+    seen = {k: set() for k in ("n", "rq", "shu", "shb", "sha")}
+    scales = F32_ENDS + (train.SCALE_FLOOR - 1, train.SCALE_FLOOR)
+    lrs = (1, 0x3B800000, 0x7F7FFFFF)  # the smallest subnormal, 1/256, the largest
+    for d0, rank in ((1, 64), (513, 1), (4096, 2)):
+        T = _trainer(train, d0, rank, F32_ENDS, len(F32_ENDS))
+        for s0 in scales:
+            for s1 in scales:
+                T._set_scales([s0, s1])
+                for i in range(2):
+                    for M, n in zip(T.dM[i], T.dN[i]):
+                        assert N_RANGE[0] <= n <= N_RANGE[1] and 0 <= M < 1 << 15, (s0, s1, n)
+                        assert M >= 1 << 14 or (M, n) == (0, 15)  # 0: clamped past N_HI
+                        seen["n"].add(n if M else N_RANGE[1])
+                M, n = T.rq[0]
+                assert RQ_RANGE[0] <= n <= RQ_RANGE[1] and 0 <= M < 1 << 15, (s1, M, n)
+                assert M >= 1 << 14 or (M, n) == (0, 16)  # 0: clamped past RQ_HI
+                seen["rq"].add(n if M else RQ_RANGE[1])
+                for a in T.ads:
+                    assert SHU_RANGE[0] <= a.shu <= SHU_RANGE[1] and 0 <= a.ps <= 3
+                    seen["shu"].add(a.shu)
+                for lr in lrs:
+                    for alpha in lrs:
+                        T._lr_parts = qmath.split(lr)
+                        T._alpha_parts = qmath.split(alpha)
+                        for nb in (1, 1 << 20):
+                            T._batch_consts(nb)
+                            if T._eta is None:  # lr * alpha flushed: no update at all
+                                continue
+                            assert (1 << 14) <= T._eta < (1 << 15)
+                            assert SHB_RANGE[0] <= T._shb <= SHB_RANGE[1]
+                            seen["shb"].add(T._shb)
+                            for a in T.ads:
+                                assert SHA_RANGE[0] <= a.sha <= SHA_RANGE[1]
+                                assert 0 <= a.Mp < 1 << 15
+                                seen["sha"].add(a.sha)
+    for k, rng in (("n", N_RANGE), ("rq", (16, 46)), ("shu", SHU_RANGE), ("shb", SHB_RANGE),
+                   ("sha", SHA_RANGE)):
+        assert min(seen[k]) == rng[0] and max(seen[k]) == rng[1], (k, min(seen[k]),
+                                                                   max(seen[k]))
+
+
+def test_int8_predict_parameters_stay_in_the_kernel_ranges():
+    """Int8Forward: dense_q16's (M, N) from the weight scales and the input shift p (from any
+    finite float32 sample: 7 - bitlen(m) - e, -121..155; hidden layers -7..14), and the
+    requant8 / quant_f32 shifts, land in the checked ranges; a clamped channel gives the
+    integers of dense_ref at the unclamped shift (the old code zeroed every n < 0)."""
+    i8f, qmath = _device("int8forward"), _device("qmath")
+    assert (i8f.N_MIN, i8f.N_MAX) == N_RANGE
+    C = len(F32_ENDS)
+    lay = [types.SimpleNamespace(d_in=C, d_out=C, scale=_f32_bytes(F32_ENDS),
+                                 bias=_f32_bytes([0] * C)) for _ in range(2)]
+    model = types.SimpleNamespace(dims=[C, C, C], n_layers=2, layers=lay)
+    fw = i8f.Int8Forward(model, backend="py")
+    ps = []
+    for b in (1, 0x007FFFFF, 0x00800000, 0x3F800000, 0x7F7FFFFF):
+        mx, ex = qmath.split(b)
+        ps.append(7 - qmath.bitlen(mx) - ex)
+    assert (min(ps), max(ps)) == (-121, 155)
+    for best in (1, 255, 1 << 20, LIM):  # requant8's 30 - p for the hidden layers
+        p = min(14, 23 - qmath.bitlen(best))
+        assert RQ_RANGE[0] <= 30 - p <= RQ_RANGE[1]
+        ps.append(p)
+    ps += [14, 0, -7]
+    seen = set()
+    for p in ps:
+        fw._shifts(0, p)
+        for j in range(C):
+            M0, n0, M, n = fw.M0[0][j], fw.N0[0][j] + p, fw.M[0][j], fw.N[0][j]
+            assert N_RANGE[0] <= n <= N_RANGE[1] and 0 <= M < 1 << 15
+            seen.add(n if M or not M0 else "past N_MAX")
+            for acc in (1 << 26, -127 * 128 * 4096, 1, -1, 0, 12345):
+                for beta in (0, LIM, -LIM):
+                    got = _run_py("dense_q16", [[acc], [1], 1, j, 1, [0] * j + [M],
+                                                [0] * j + [n], [0] * j + [beta], [0] * C, 0],
+                                  checked=False)["outs"][-1][j]
+                    assert got == dense_ref(acc, M0, n0, beta), (acc, M0, n0, p)
+    assert N_RANGE[0] in seen and "past N_MAX" in seen  # both clamps reached
+    # quant_f32's n: 14 - p in predict, q15(1, scale) in the Trainer for any positive scale
+    qn = [14 - p for p in ps[:5]] + [qmath.q15(1, m, -e)[1] for m, e in map(qmath.split, F32_ENDS)]
+    cased = [a[3] for name, a in CASES if name == "quant_f32"]
+    assert min(cased) <= min(qn) and max(cased) >= max(qn), (min(qn), max(qn))
+
+
+def test_clamps_keep_the_integers():
+    """Past each clamp end the kernel's statement gives the same integers as at the end
+    (checked on the twin with plain ints, which has no int32 limit, so it computes the
+    statement at any shift): dense_q16 (dense_ref above), requant8 past 46, adapter_u past
+    -15 and 32, upd_b past 30, upd_a past 32. The two left ends of upd_b and upd_a (-29) are
+    caps, not such clamps: at -30 and beyond the old kernels made no update at all (LIM >> 30
+    is 0), now the step is the one of -29."""
+    rnd = random.Random(7)
+    accs = [1 << 26, -127 * 128 * 4096, 1, -1, 0] + [rnd.randrange(-(1 << 26), 1 << 26)
+                                                     for _ in range(20)]
+    for n in list(range(-60, 120)) + [255, 1000]:
+        Mc, nc = (0, 15) if n > N_RANGE[1] else (None, max(N_RANGE[0], n))
+        for M in (16384, 32767):
+            for acc in accs:
+                want = dense_ref(acc, M, n, 7)
+                assert dense_ref(acc, M if Mc is None else Mc, nc, 7) == want, (acc, M, n)
+
+    def run(name, args):
+        return _run_py(name, args, checked=False)
+
+    vs = [LIM, -LIM, 1, -1, 0, 1 << 29, -(1 << 29)] + [rnd.randrange(-LIM, LIM) for _ in range(9)]
+    for n in range(RQ_RANGE[1], 200):
+        for relu in (0, 1):
+            a = run("requant8", [vs, len(vs), 32767, n, relu, [0] * len(vs), 0])
+            b = run("requant8", [vs, len(vs), 0, RQ_RANGE[0], relu, [0] * len(vs), 0])
+            assert a == b, n
+    for sh in list(range(-100, SHU_RANGE[0])) + list(range(SHU_RANGE[1], 100)):
+        shc = max(SHU_RANGE[0], min(SHU_RANGE[1], sh))
+        for a16, x in ((A16_MAX, -128), (-A16_MAX, -128), (1, 1), (-1, 1), (0, 1), (3, -5)):
+            for d in (1, 512, 4096):
+                args = [[a16] * d, [x] * d, d, _ps(d)]
+                assert run("adapter_u", args + [sh]) == run("adapter_u", args + [shc]), sh
+    for sh in range(SHB_RANGE[1], 100):
+        for g, u in ((16384, 32767), (-16384, 32767), (1, 1), (-1, 1), (16383, -32767)):
+            for b0 in (LIM, -LIM, 0):
+                args = [[b0] * 2, [0] * 2, [g], [u, -u], 1, 2]
+                assert run("upd_b", args + [sh, 1, 0]) == run("upd_b", args + [SHB_RANGE[1], 1, 0])
+    for sh in range(SHA_RANGE[1], 100):
+        for e in (E_MAX, -E_MAX, 1, -1):
+            for a0 in (LIM, -LIM, 0):
+                args = [[a0] * 3, [0] * 3, [-128, 127, 1], e, 3]
+                assert run("upd_a", args + [sh, 1, 0]) == run("upd_a", args + [SHA_RANGE[1], 1, 0])
 
 
 def test_i32_allows_only_the_sign_bit_as_a_pattern():
@@ -480,7 +785,7 @@ RESULT(sx=SX)
 
 TYPES = {"to_f32": ["i", None, None, None, "I"], "absmax_f32": ["I"],
          "quant_f32": ["I", None, None, None, "b"], "dot_a16x8": ["h", "b"],
-         "adapter_u": ["h", "b"], "dense_q16": ["b", "b", None, None, None, "i", "B", "i", "i"],
+         "adapter_u": ["h", "b"], "dense_q16": ["b", "b", None, None, None, "i", "b", "i", "i"],
          "requant8": ["i", None, None, None, None, "b"], "logits_bu": ["h", "h", None, None, "i"],
          "bg": ["h", "h", None, None, None, None, "i"],
          "upd_b": ["i", "h", "h", "h"], "upd_a": ["i", "h", "b"]}
