@@ -1,8 +1,12 @@
 """`skip2lora bench` at a tiny scale: a 16-12-8-3 model on synthetic drift data, a fresh virtual
-board, every method and kernel backend. Checks the figures' keys, types and that they agree
-with each other; no timing is asserted (speed targets are benchmark figures, not tests)."""
+board, every method and kernel backend. Checks the figures' keys and types, recomputes every
+derived figure from the board's raw records and checks the report's tables against them (also
+for the committed docs/BENCHMARKS.json); no timing is asserted (speed targets are benchmark
+figures, not tests)."""
+import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,24 +114,117 @@ def test_same_training_on_every_backend_gives_the_same_model(figures):
     assert runs["skip2lora"]["losses"][:2] == runs["skip-lora"]["losses"]
 
 
-def test_targets_and_report(figures):
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _row(md, section, label):
+    """The cells of the table row starting with `label` in the part of md after `section`."""
+    part = md.split(section, 1)[1]
+    line = next(l for l in part.splitlines() if l.startswith(f"| {label} |"))
+    return [c.strip() for c in line.split("|")[2:-1]]
+
+
+def check_bench_numbers(f, md):
+    """Recompute every derived figure from the raw board records (epoch_us, setup_us, heap
+    samples, file sizes) and check the JSON and the report's ratio tables against them."""
+    T = str(f["settings"]["target_epochs"])
+    points = [str(E) for E in f["settings"]["epoch_points"]]
+    for name, P in f["scenarios"].items():
+        for key, raw in P["runs"].items():
+            ems = [u / 1000 for u in raw["epoch_us"]]
+            setup = raw["setup_us"] / 1000
+            n = len(ems)
+            em = P["epoch_ms"][key]
+            assert P["epochs_trained"][key] == n
+            assert em["all"] == pytest.approx(ems) and em["setup"] == pytest.approx(setup)
+            assert em["first"] == pytest.approx(ems[0])
+            assert em["later"] == pytest.approx(sum(ems[1:]) / (n - 1))
+            for E, t in P["total_ms"][key].items():
+                E = int(E)
+                want = setup + sum(ems[:E]) if E <= n else \
+                    setup + sum(ems) + (E - n) * sum(ems[1:]) / (n - 1)
+                assert t["ms"] == pytest.approx(want), (name, key, E)
+                assert t["measured"] == (E <= n)
+            live = [raw["heap_built"]] + raw["heap_before"] + raw["heap_after"]
+            assert P["heap_peak_bytes"][key] == max(live)
+            assert P["heap_trainer_bytes"][key] == max(live) - raw["heap_base"]
+            assert P["flash_written_bytes"][key] == P["cache_bytes"][key] + P["adapter_bytes"][key]
+            assert P["accuracy"][key] == P["accuracy_by_epoch"][key][str(n)]
+        tot = P["total_ms"]
+        for cname, r in P["ratios"].items():
+            num = bench.COMPARISONS[cname][0]
+            assert set(r) == set(tot[num]) & set(tot["lora-all"])
+            for E, v in r.items():
+                assert v == pytest.approx(tot[num][E]["ms"] / tot["lora-all"][E]["ms"])
+            cells = _row(md, f"### Time ratio against LoRA-All ({name})", bench.COMPARISONS[cname][1])
+            for E, cell in zip(points, cells):
+                want = "–" if E not in r else f"{r[E]:.4f} ({100 * (1 - r[E]):.1f} % cut)"
+                assert cell == want, (name, cname, E, cell)
+        t = P["targets"]
+        for cname in ("product", "same_arithmetic"):
+            if T in P["ratios"].get(cname, {}):
+                cut = 100 * (1 - P["ratios"][cname][T])
+                x = t[f"time_cut_{cname}"]
+                assert x["value_pct"] == pytest.approx(cut) and x["met"] == (cut >= 90)
+        if "accuracy_vs_lora_all" in t:
+            a = t["accuracy_vs_lora_all"]
+            assert a["gap_pt"] == pytest.approx(100 * (a["skip2lora"] - a["lora_all"]))
+            assert a["met"] == (a["gap_pt"] >= -1)
+    names = list(f["scenarios"])
+    for cname in ("product", "same_arithmetic", "hidden_only"):
+        cells = _row(md, "## Headline", bench.COMPARISONS[cname][1])
+        for n, cell in zip(names, cells):
+            r = f["scenarios"][n]["ratios"][cname][T]
+            assert cell.startswith(f"{r:.4f} (**{100 * (1 - r):.1f} %**)"), (n, cname, cell)
+        if len(names) > 1:
+            mean = sum(f["scenarios"][n]["ratios"][cname][T] for n in names) / len(names)
+            assert cells[len(names)] == f"{mean:.4f} ({100 * (1 - mean):.1f} %)"
+    P = f["scenarios"][f["primary_scenario"]]
+    assert f["ratios"] == P["ratios"] and f["accuracy"] == P["accuracy"]
+    emax = str(f["ratio_epochs"])
+    assert f["ratio_skip2lora_vs_lora_all"] == pytest.approx(P["ratios"]["product"][emax])
+    k = f["kernel_us_per_mac"]
+    for b_, v in f["kernel_speedup_vs_py_float"].items():
+        assert v == pytest.approx(k["py-float"] / k[b_])
+    ks = P["targets"]["kernel_speedup"]
+    assert ks["value_x"] == pytest.approx(k["py-float"] / k["viper"])
+    assert f"**{ks['value_x']:.0f}x** per multiply-add" in md
+
+
+def test_report_numbers_recompute_from_the_raw_records(figures):
     figs, f, d, lines = figures
-    t = f["targets"]
-    assert {"time_cut_product", "time_cut_same_arithmetic", "accuracy_vs_lora_all",
-            "kernel_speedup", "heap_growth"} <= set(t)
-    cut = t["time_cut_product"]
-    assert math.isclose(cut["value_pct"], 100 * (1 - f["ratios"]["product"]["5"]))
-    assert cut["met"] == (cut["value_pct"] >= 90)
     md = (d / "docs" / "BENCHMARKS.md").read_text()
-    for text in ("## Where it ran", "## Targets", "## Kernels", "## On a real board",
-                 "## Closing note", "bench_time.png", "bench_accuracy.png", "RP2040", "ESP32",
-                 "extrapolat"):
-        assert text in md
+    check_bench_numbers(f, md)
+    # the report is a function of the JSON alone
+    assert bench_report.render(f) == md
     assert (d / "docs" / "bench_time.png").stat().st_size > 1000
     assert (d / "docs" / "bench_accuracy.png").stat().st_size > 1000
     # one progress line per epoch of every run
     assert sum("epoch" in line and "/" in line for line in lines) == sum(EPOCHS.values())
     assert bench_report.headline_lines(figs)
+
+
+@pytest.mark.parametrize("break_it", ["epoch time", "ratio", "report cell"])
+def test_a_broken_figure_fails_the_check(figures, break_it):
+    _, f, d, _ = figures
+    f = copy.deepcopy(f)
+    md = (d / "docs" / "BENCHMARKS.md").read_text()
+    if break_it == "epoch time":  # a raw record no longer matches the figures built from it
+        f["scenarios"]["tiny"]["runs"]["lora-all"]["epoch_us"][1] *= 1.5
+    elif break_it == "ratio":
+        f["scenarios"]["tiny"]["ratios"]["product"]["5"] *= 1.01
+    else:
+        r = f["scenarios"]["tiny"]["ratios"]["same_arithmetic"]["5"]
+        md = md.replace(f"{r:.4f} (**", f"{r + 0.01:.4f} (**", 1)
+    with pytest.raises(AssertionError):
+        check_bench_numbers(f, md)
+
+
+def test_committed_benchmarks_recompute():
+    """docs/BENCHMARKS.json: every derived figure agrees with its raw records, and the
+    committed report's tables hold them (tests/test_reports.py checks the whole text)."""
+    f = json.loads((ROOT / "docs" / "BENCHMARKS.json").read_text())
+    check_bench_numbers(f, (ROOT / "docs" / "BENCHMARKS.md").read_text())
 
 
 def test_bench_command_is_registered():

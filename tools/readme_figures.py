@@ -66,16 +66,16 @@ def bench_lines(bench):
         f"- **Like for like, on the board** (docs/BENCHMARKS.md, `make bench`, timed with the "
         f"board's own `ticks_us` on {where}, {bench['primary_scenario']}, "
         f"{P['n_finetune']} spectra): with both methods in the same float arithmetic, "
-        f"Skip2-LoRA needs {_pct(same)} of LoRA-All's fine-tuning time over {T} epochs, a "
-        f"{100 * (1 - same):.1f} % cut"
+        f"Skip2-LoRA needs {_pct(same)} of LoRA-All's fine-tuning time over {T} epochs, a cut "
+        f"of {100 * (1 - same):.1f} %"
         + ("" if measured else " (partly extrapolated)") + ", "
         + accuracy_words(acc["skip2lora-float"][T], acc["lora-all"][T], "Skip2-LoRA",
                          "LoRA-All")
-        + f". More epochs cannot pass a {100 * (1 - ceiling):.1f} % cut in that arithmetic: "
+        + f". More epochs cannot take the cut past {100 * (1 - ceiling):.1f} % in that arithmetic: "
           f"the adapter on the raw input costs every epoch.",
         f"- **Skip2-LoRA's fast path against float LoRA-All**: fixed point in viper with an "
         f"int8 Skip-Cache on flash, Skip2-LoRA needs {100 * product:.2f} % of float LoRA-All's "
-        f"time, a {100 * (1 - product):.1f} % cut, "
+        f"time, a cut of {100 * (1 - product):.1f} %, "
         + accuracy_words(acc["skip2lora"][T], acc["lora-all"][T], "Skip2-LoRA", "LoRA-All")
         + f". Of that, the method gives {method_x:.1f}x and the kernels {kernels_x:.0f}x"
         + (f"; the viper kernel is {kern['value_x']:.0f}x faster per multiply-add than "
