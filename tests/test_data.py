@@ -9,6 +9,7 @@ from skip2lora.data import Scenario
 from skip2lora.data import cooling_fan as cf
 from skip2lora.data.synthetic import make_drift
 from skip2lora.errors import UserError
+from unavailable import require_cooling_fan_data
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -20,10 +21,7 @@ def private_cache(tmp_path_factory):
 
 
 def _need_data():
-    try:
-        cf.data_dir()
-    except UserError as exc:
-        pytest.skip(f"cooling-fan data not available: {exc}")
+    require_cooling_fan_data()
 
 
 def _rows(X):
@@ -192,7 +190,6 @@ def test_synthetic_is_deterministic_and_shaped():
 
 
 def test_synthetic_drift_hurts_a_source_model():
-    pytest.importorskip("torch")
     from skip2lora.pretrain import accuracy, pretrain
     s = make_drift(seed=0)
     src = pretrain(*s.pretrain, dims=(16, 16, 16, 3), epochs=20, lr=3e-3)
@@ -205,7 +202,7 @@ def test_synthetic_drift_hurts_a_source_model():
 # ---- pre-training and export ---------------------------------------------------------------
 
 def test_pretrain_is_deterministic():
-    torch = pytest.importorskip("torch")
+    import torch
     from skip2lora.pretrain import pretrain
     s = make_drift(seed=1, n_train=200)
     for bn, do in ((False, 0.0), (True, 0.1)):
@@ -217,7 +214,6 @@ def test_pretrain_is_deterministic():
 
 
 def test_build_mlp_layers():
-    pytest.importorskip("torch")
     from skip2lora.pretrain import build_mlp
     kinds = lambda m: [type(l).__name__ for l in m]  # noqa: E731
     assert kinds(build_mlp((8, 4, 4, 2))) == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
@@ -226,7 +222,6 @@ def test_build_mlp_layers():
 
 
 def test_pretrain_cooling_fan_is_fast_and_learns():
-    pytest.importorskip("torch")
     _need_data()
     from skip2lora.pretrain import accuracy, pretrain
     s = cf.load_scenario("silentA-to-noisy")
@@ -243,9 +238,9 @@ def test_pretrain_cooling_fan_is_fast_and_learns():
                  "Gemm"]),
 ])
 def test_onnx_export_matches_torch(tmp_path, bn, do, ops):
-    torch = pytest.importorskip("torch")
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    import torch
+    import onnx
+    import onnxruntime as ort
     from skip2lora.pretrain import export_onnx, predict, pretrain, save_torch
     s = make_drift(n_features=32, seed=2)
     m = pretrain(*s.pretrain, dims=(32, 16, 16, 3), epochs=3, batchnorm=bn, dropout=do)
@@ -265,9 +260,9 @@ def test_onnx_export_matches_torch(tmp_path, bn, do, ops):
 def test_onnx_export_of_untrained_batchnorm_aliases_equal_tensors(tmp_path):
     """Fresh BatchNorm layers hold equal tensors (ones, zeros); the TorchScript exporter
     stores each once and aliases the rest with Identity nodes, which importers must follow."""
-    torch = pytest.importorskip("torch")
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    import torch
+    import onnx
+    import onnxruntime as ort
     from skip2lora.pretrain import build_mlp, export_onnx, predict
     torch.manual_seed(0)
     m = build_mlp((32, 16, 16, 3), batchnorm=True).eval()

@@ -4,35 +4,21 @@ real mpremote and the real skip2lora commands (docs/virtual-board.md).
 They need qemu-system-arm and the firmware in ../shared/platforms (or $SKIP2LORA_PLATFORMS).
 Outside CI a missing one skips these tests with the reason; under CI=true it fails them.
 """
-import os
-import shutil
 
 import pytest
 
 from cli_helpers import drift_model, mpremote, skip2lora
 from skip2lora.board.virtual import VirtualBoard, open_image, start_board
-from skip2lora.board.virtual.qemu import platforms_dir
 from skip2lora.errors import UserError
+from unavailable import require_emulator
 
 ARCH = {"cortex-m0plus": "armv6m", "cortex-m4f": "armv7emsp"}
 KINDS = pytest.mark.parametrize("kind", sorted(ARCH))
 
 
-def _missing(kind):
-    if not shutil.which("qemu-system-arm"):
-        return "qemu-system-arm is not installed (apt-get install qemu-system-arm)"
-    if not (platforms_dir() / f"{kind}.elf").is_file():
-        return f"no {kind}.elf in {platforms_dir()} (set SKIP2LORA_PLATFORMS)"
-    return None
-
-
 @pytest.fixture
 def needs_qemu(kind):
-    why = _missing(kind)
-    if why and os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run the Cortex-M boards: {why}")
-    if why:
-        pytest.skip(why)
+    require_emulator(kind)
 
 
 @KINDS

@@ -1,8 +1,12 @@
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
-from mpyrun import FIXTURES
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared test helpers
+
+from mpyrun import FIXTURES  # noqa: E402
 
 
 @pytest.fixture

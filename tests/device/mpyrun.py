@@ -95,28 +95,10 @@ class Run(tuple):
 
 # ------------------------------------------------------------------ where the boards are
 
-def missing(kind):
-    """Why `kind` cannot run here (one line), or None."""
-    if kind == "unix":
-        return None
-    if kind not in MACHINES:
-        raise ValueError("unknown interpreter kind %r (one of %s)" % (kind, ", ".join(KINDS)))
-    if not shutil.which("qemu-system-arm"):
-        return "qemu-system-arm not found (apt-get install qemu-system-arm)"
-    fw = platforms_dir() / ("%s.elf" % kind)
-    if not fw.is_file():
-        return "%s firmware not found at %s (set SKIP2LORA_PLATFORMS)" % (kind, fw)
-    return None
-
-
 def require(kind):
     """Skip a test whose interpreter is missing; under CI=true fail it instead."""
-    why = missing(kind)
-    if why:
-        import pytest
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
+    from unavailable import require_emulator
+    require_emulator(kind)
 
 
 # ------------------------------------------------------------------ the runner

@@ -5,33 +5,20 @@ fast path ends within 1 point of the float64 reference; the heap does not grow p
 Needs the cooling-fan zips (../shared/datasets/cooling-fan or SKIP2LORA_DATA_DIR) and torch
 for the one-time pre-training (cached under ~/.cache/skip2lora/device-tests).
 """
-import os
 
 import numpy as np
 import pytest
 
 import cooling_fan_setup as S
-from mpyrun import BOARD_KINDS, ESP32_HEAP, RP2040_HEAP, progress_lines, run
+from mpyrun import BOARD_KINDS, RP2040_HEAP, progress_lines, run
 from skip2lora import formats as F
 from skip2lora import reference as R
-from skip2lora.data.cooling_fan import data_dir
-from skip2lora.errors import UserError
-
-
-def require_data():
-    """Skip when the cooling-fan zips are not there (a developer's checkout without
-    ../shared); under CI=true fail instead. Any other error is a failure, not a skip."""
-    try:
-        data_dir()
-    except UserError as e:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI must run the cooling-fan tests: %s" % e, pytrace=False)
-        pytest.skip("cooling-fan data not available: %s" % e)
+from unavailable import require_cooling_fan_data
 
 
 @pytest.fixture(scope="module")
 def cf(tmp_path_factory):
-    require_data()
+    require_cooling_fan_data()  # any other error is a failure, not a skip
     work = tmp_path_factory.mktemp("cooling-fan")
     files = S.build(work)
     files.work = work

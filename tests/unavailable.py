@@ -1,0 +1,44 @@
+"""What a test does when something it needs is not on this machine.
+
+A developer's checkout may lack ../shared (the cooling-fan data, the Cortex-M firmware) or
+qemu-system-arm: there the test skips and says why. CI must run everything: under CI=true the
+same test fails with the reason, so a skip can never hide a test CI does not run.
+"""
+import os
+
+import pytest
+
+
+def unavailable(why):
+    """Skip with `why`, or fail with it under CI=true."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI must run this test: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+def require_cooling_fan_data():
+    """The cooling-fan zips (../shared/datasets/cooling-fan or SKIP2LORA_DATA_DIR)."""
+    from skip2lora.data.cooling_fan import data_dir
+    from skip2lora.errors import UserError
+
+    try:
+        data_dir()
+    except UserError as e:
+        unavailable(f"cooling-fan data not available: {e}")
+
+
+def require_emulator(kind):
+    """qemu-system-arm and the firmware of a Cortex-M kind (nothing for the unix port)."""
+    import shutil
+
+    from skip2lora.board.virtual.qemu import MACHINES, platforms_dir
+
+    if kind == "unix":
+        return
+    if kind not in MACHINES:
+        raise ValueError(f"unknown interpreter kind {kind!r}")
+    if not shutil.which("qemu-system-arm"):
+        unavailable("qemu-system-arm not found (apt-get install qemu-system-arm)")
+    firmware = platforms_dir() / f"{kind}.elf"
+    if not firmware.is_file():
+        unavailable(f"{kind} firmware not found at {firmware} (set SKIP2LORA_PLATFORMS)")
