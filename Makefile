@@ -12,7 +12,7 @@ OUT ?= out/adapters
 PORT_ARG = $(if $(PORT),--port $(PORT),)
 VBOARD = $(if $(PORT),,vboard)
 
-.PHONY: help setup test demo paper bench figures kinds flash finetune pull vboard clean
+.PHONY: help setup test demo paper bench figures kinds mutate flash finetune pull vboard clean
 
 help:
 	@echo "make demo   - pre-train on one room, fine-tune on another with Skip2-LoRA, show the accuracy won back"

@@ -33,7 +33,7 @@ def _md(name):
 
 def _kinds_md(data):
     data = copy.deepcopy(data)
-    return board_kinds.report(data["rows"], data["samples"], data["epochs"])
+    return board_kinds.report(data["rows"], data["samples"], data["epochs"], data["source"])
 
 
 RENDER = {
@@ -67,7 +67,7 @@ def test_a_changed_figure_changes_the_report(name, path):
 
 
 def test_json_names_the_commit_it_was_measured_on():
-    for name in ("RESULTS", "BENCHMARKS"):
+    for name in ("RESULTS", "BENCHMARKS", "BOARD_KINDS"):
         src = _json(name)["source"]
         assert re.fullmatch(r"[0-9a-f]{40}", src["commit"]), name
         assert isinstance(src["modified"], list)
