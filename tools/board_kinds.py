@@ -92,7 +92,10 @@ def report(rows, samples, epochs, source):
         "x86-64 core. Heap is `gc.mem_free()` (192 KiB heaps). *Identical* compares the "
         "adapters, their `.state` and the Skip-Cache, byte for byte, with the unix port's "
         "viper run. `predict()` runs on the fastest kernels the firmware has (viper here), "
-        "whatever the training backend; it is one sample with the trained adapters.",
+        "whatever the training backend; it is one sample with the trained adapters. Epoch 1 "
+        "includes writing the Skip-Cache, which on the Cortex-M kinds goes through the "
+        "firmware rig's block device written in Python (docs/virtual-board.md): its cost "
+        "moves with LittleFS's block allocation from run to run. Later epochs only read.",
         "",
         "| kind | training backend | epoch 1 (ms) | later epoch (ms) | int8 predict (ms) | "
         "heap free after import | after Trainer | train acc | identical |",

@@ -31,6 +31,8 @@ from skip2lora.board.virtual.images import RAM_DISK_ADDR, RAM_DISK_BYTES, image_
 from skip2lora.board.virtual.qemu import MACHINES, platforms_dir
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "tests") not in sys.path:  # tests/unavailable.py, also for tools/ that use this
+    sys.path.append(str(ROOT / "tests"))
 DEVICE = ROOT / "device"
 FIXTURES = ROOT / "tests" / "fixtures"
 RP2040_HEAP = "192K"
