@@ -105,3 +105,25 @@ def test_bad_rank_and_alpha(saved_models):
     with pytest.raises(UserError, match="--alpha"):
         compiler.compile_network(network, alpha=-1)
     assert compiler.compile_network(network, rank=2).alpha == 2.0  # default scale alpha/r = 1
+
+
+def test_rank_and_alpha_limits_and_relu_on_all_but_the_last_layer():
+    from skip2lora.formats import MAX_RANK
+    net = Network([Dense(np.eye(4, dtype=np.float32), np.zeros(4, np.float32)),
+                   Dense(np.ones((3, 4), np.float32), np.arange(3, dtype=np.float64))])
+    for rank in (1, MAX_RANK):
+        assert compiler.compile_network(net, rank=rank).rank == rank
+    for rank in (0, MAX_RANK + 1):
+        with pytest.raises(UserError, match=rf"^--rank {rank} is outside 1\.\.{MAX_RANK}$"):
+            compiler.compile_network(net, rank=rank)
+    for alpha in (0.0, -1.0, float("nan")):
+        with pytest.raises(UserError, match="must be a positive number"):
+            compiler.compile_network(net, alpha=alpha)
+    default = compiler.compile_network(net)
+    assert default.rank == 4 and default.alpha == 4.0  # alpha defaults to the rank
+    for dtype in ("f32", "int8"):
+        mf = compiler.compile_network(net, dtype=dtype)
+        assert [layer.relu for layer in mf.layers] == [True, False]
+        assert all(layer.bias.dtype == np.float32 for layer in mf.layers)
+        np.testing.assert_array_equal(mf.layers[1].bias, [0.0, 1.0, 2.0])
+    assert compiler.compile_network(net).layers[0].weight.dtype == np.float32

@@ -264,3 +264,17 @@ def test_fuzz_mutations_only_raise_user_error(name, data):
         _decoder(name)(bytes(raw))
     except UserError as e:
         assert "\n" not in str(e)
+
+
+def test_quantize_features_maps_the_peak_to_127_and_clips_symmetrically():
+    from skip2lora.formats import quantize_features
+    q, scale = quantize_features([[0.0, 63.5, -127.0], [1.0, -2.5, 127.0]])
+    assert scale == 1.0 and q.dtype == np.int8
+    np.testing.assert_array_equal(q, [[0, 64, -127], [1, -2, 127]])  # round half to even
+    q, scale = quantize_features([[2.54, -1.27]])
+    assert scale == pytest.approx(0.02, rel=1e-6)
+    np.testing.assert_array_equal(q, [[127, -64]])
+    q, scale = quantize_features(np.zeros((2, 3)))  # nothing to scale: 1.0, codes 0
+    assert scale == 1.0 and not q.any()
+    q, scale = quantize_features(np.zeros((0, 3)))
+    assert scale == 1.0 and q.shape == (0, 3)

@@ -334,9 +334,62 @@ def test_bad_config_is_a_user_error(bad):
         finetune(net, *make_data(net, 3), FinetuneConfig(**bad))
 
 
-def test_bad_data_is_a_user_error():
+@pytest.mark.parametrize("X,y,eval_set,message", [
+    (np.zeros((3, 5)), [0, 1, 2], None, r"^X has shape \(3, 5\), the model needs \(n, 6\)$"),
+    (np.zeros(6), [0], None, r"^X has shape \(6,\), the model needs \(n, 6\)$"),
+    (np.zeros((0, 6)), [], None, r"^X has no samples$"),
+    (np.zeros((3, 6)), [0, 1], None, r"^3 samples but labels of shape \(2,\)$"),
+    (np.zeros((3, 6)), [0, 1, 3], None, r"^labels must lie in 0\.\.2, found 0\.\.3$"),
+    (np.zeros((3, 6)), [-1, 1, 2], None, r"^labels must lie in 0\.\.2, found -1\.\.2$"),
+    (np.zeros((3, 6)), [0.0, 1.5, 2.0], None, r"^labels must be whole numbers$"),
+    (np.zeros((3, 6)), [0, 1, 2], (np.zeros((2, 4)), [0, 1]),
+     r"^X_eval has shape \(2, 4\), the model needs \(n, 6\)$"),
+])
+def test_bad_data_is_a_user_error_naming_what_is_wrong(X, y, eval_set, message):
     net = make_net([6, 5, 3])
-    with pytest.raises(UserError):
-        finetune(net, np.zeros((3, 5)), [0, 1, 2])
-    with pytest.raises(UserError):
-        finetune(net, np.zeros((3, 6)), [0, 1, 3])
+    X_eval, y_eval = eval_set or (None, None)
+    with pytest.raises(UserError, match=message):
+        finetune(net, X, y, FinetuneConfig(epochs=1), X_eval=X_eval, y_eval=y_eval)
+
+
+def test_whole_float_labels_train_as_their_integers():
+    """Labels read from a CSV arrive as floats: 0.0, 1.0, 2.0 are the classes 0, 1, 2."""
+    net = make_net([6, 5, 3])
+    X, y = make_data(net, 12)
+    cfg = FinetuneConfig(epochs=2)
+    as_int = finetune(net, X, y, cfg)
+    as_float = finetune(net, X, np.asarray(y, np.float64), cfg)
+    assert [h["loss"] for h in as_float.history] == [h["loss"] for h in as_int.history]
+    for k in as_int.params:
+        np.testing.assert_array_equal(as_float.params[k], as_int.params[k])
+
+
+def test_history_is_the_epochs_mean_loss_and_accuracy_at_pre_update_params():
+    """With lr = 0 the parameters never move, so epoch 1's record must be the initial model's
+    mean cross-entropy and accuracy, computed here with numpy from the same start."""
+    net = make_net([6, 5, 3])
+    X, y = make_data(net, 10)
+    cfg = FinetuneConfig(epochs=2, lr=0.0, batch_size=3)  # a short last batch of 1
+    res = finetune(net, X, y, cfg)
+    logits = res.predict(X)  # lr = 0: the initial adapters are still the trained ones
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    xent = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(y)), y]
+    for rec in res.history:
+        assert rec["loss"] == pytest.approx(float(np.mean(xent)), rel=1e-12)
+        assert rec["train_acc"] == np.mean(np.argmax(logits, axis=1) == y)
+
+
+@pytest.mark.parametrize("method", ["skip2lora", "lora-all"])
+def test_count_macs_defaults_and_one_epoch(method):
+    """Defaults: rank 4 and 20 epochs (FinetuneConfig's); one epoch counts the first epoch
+    only, n epochs the first plus n - 1 later ones."""
+    net = make_net([6, 5, 3])
+    default = count_macs(net, method)
+    explicit = count_macs(net, method, rank=4, targets="all", epochs=20)
+    assert default == explicit and default["epochs"] == 20
+    first = sum(count_macs(net, method, epochs=1)["first_epoch"][k]
+                for k in ("forward", "backward"))
+    later = sum(default["later_epoch"][k] for k in ("forward", "backward"))
+    assert count_macs(net, method, epochs=1)["total"] == first
+    assert count_macs(net, method, epochs=3)["total"] == first + 2 * later
+    assert count_macs(net, method, rank=5)["total"] > default["total"]

@@ -31,6 +31,9 @@ source_paths = ["src/skip2lora"]
 only_mutate = {only}
 also_copy = ["tests", "device", "tools"]
 pytest_add_cli_args_test_selection = {tests}
+# torch and onnxruntime start thread pools; a worker forked from a process that ran them can
+# deadlock on a lock another thread held: fork the workers from a clean server instead
+process_isolation = "forkserver"
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
@@ -72,6 +75,22 @@ def results():
     return found
 
 
+def survivor_kind(name):
+    """("message", diff) when the mutant only changes the text of an error message (a string
+    literal, or a message replaced by None), else ("logic", diff)."""
+    import re
+
+    diff = [line for line in mutmut("show", name).stdout.splitlines()
+            if line[:1] in "-+" and line[:3] not in ("---", "+++")]
+    old = [line[1:] for line in diff if line.startswith("-")]
+    new = [line[1:] for line in diff if line.startswith("+")]
+    strings = re.compile(r"""(f?"[^"]*"|f?'[^']*'|None)""")
+    same_code = len(old) == len(new) and all(
+        strings.sub("S", a) == strings.sub("S", b) for a, b in zip(old, new))
+    text = " | ".join(f"{a.strip()} -> {b.strip()}" for a, b in zip(old, new))
+    return ("message" if same_code and old else "logic"), text
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -94,15 +113,23 @@ def main():
         mod = name.split(".x")[0].split(".xǁ")[0]
         k, n = per_module.get(mod, (0, 0))
         per_module[mod] = (k + (st in KILLED), n + 1)
+    kinds = {name: survivor_kind(name) for name in survived}
     score = len(killed) / len(counted) if counted else 0.0
     report = {"score": score, "killed": len(killed), "mutants": len(counted),
               "per_module": {m: {"killed": k, "mutants": n} for m, (k, n) in
                              sorted(per_module.items())},
-              "survived": survived, "tests": TESTS, "mutmut": MUTMUT}
+              "timeouts": sum(v == "timeout" for v in counted.values()),
+              "survived": {n: {"kind": kinds[n][0], "diff": kinds[n][1]} for n in survived},
+              "tests": TESTS, "mutmut": MUTMUT}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     for mod, (k, n) in sorted(per_module.items()):
         print(f"  {mod}: {k} of {n} killed ({100 * k / n:.1f} %)")
+    logic = [n for n in survived if kinds[n][0] == "logic"]
+    print(f"survivors: {len(survived)}, of which {len(survived) - len(logic)} change only an "
+          f"error message's text; {len(logic)} change the computation:")
+    for name in logic:
+        print(f"  {name}: {kinds[name][1]}")
     print(f"mutation score: {len(killed)} of {len(counted)} mutants killed "
           f"({100 * score:.1f} %); survivors listed in {args.json} "
           f"(`cd {STAGE.relative_to(ROOT)} && mutmut show NAME` shows one)")
