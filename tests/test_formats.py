@@ -278,3 +278,27 @@ def test_quantize_features_maps_the_peak_to_127_and_clips_symmetrically():
     assert scale == 1.0 and not q.any()
     q, scale = quantize_features(np.zeros((0, 3)))
     assert scale == 1.0 and q.shape == (0, 3)
+
+
+def test_limits_are_inclusive_and_a_zero_scale_is_refused():
+    """The readers' range checks at their exact ends: 2 classes and rank MAX_RANK are valid,
+    an empty dataset is a valid file, a scale of exactly 0 is not."""
+    from skip2lora.formats import MAX_RANK
+    ds = F.dataset_from_arrays(np.ones((3, 4)), [0, 1, 1], 2, F.DTYPE_I8)
+    back = F.decode_dataset(F.encode_dataset(ds))
+    assert back.n_classes == 2 and back.features.shape == (3, 4)
+    empty = F.decode_dataset(F.encode_dataset(
+        F.DatasetFile(np.zeros((0, 4), np.float32), np.zeros(0, np.uint8), 3)))
+    assert empty.features.shape == (0, 4) and len(empty.labels) == 0
+    zero = F.encode_dataset(F.DatasetFile(np.zeros((1, 4), np.int8), np.zeros(1, np.uint8), 3,
+                                          F.DTYPE_I8, 0.0))
+    with pytest.raises(UserError, match="scale"):
+        F.decode_dataset(zero)
+    af = F.AdapterFile(7, MAX_RANK, 2, 1.0,
+                       [F.Adapter(0, F.KIND_SKIP, np.zeros((MAX_RANK, 4), np.float32),
+                                  np.zeros((2, MAX_RANK), np.float32))])
+    back = F.decode_adapters(F.encode_adapters(af))
+    assert back.rank == MAX_RANK and back.n_classes == 2
+    cache = F.CacheFile(1, 2, [F.CacheSegment(4, F.DTYPE_I8, 0.0)], [[np.zeros(4, np.int8)]])
+    with pytest.raises(UserError, match="scale"):
+        F.decode_cache(F.encode_cache(cache))
