@@ -8,7 +8,9 @@
 # Skip adapters run on int16 rows: the Trainer's own forward copies after apply(), or rows
 # quantized once from the float adapters of load_adapters().
 from .formats import KIND_SKIP, pad4, zeros
-from .qmath import bitlen, bits_at, q15, rshift_round, split
+from math import ldexp
+
+from .qmath import bitlen, bits_at, q15, q16, split
 from . import kernels
 
 # dense_q16's shift range (docs/device.md, "Bounds"); the kernel gives the same integers for
@@ -34,9 +36,7 @@ class Int8Forward:
             for j in range(lay.d_out):
                 mw, ew = split(bits_at(lay.scale, j))
                 M0[j], N0[j] = q15(mw, 1, ew + 16)  # weight scale * 2**16
-                mb, eb = split(bits_at(lay.bias, j))
-                v = rshift_round(mb, -16 - eb)
-                Bq[j] = 0x3FFFFFFF if v > 0x3FFFFFFF else (-0x3FFFFFFF if v < -0x3FFFFFFF else v)
+                Bq[j] = q16(bits_at(lay.bias, j))
             self.M0.append(M0)
             self.N0.append(N0)
             self.M.append(zeros("i", lay.d_out))
@@ -70,10 +70,7 @@ class Int8Forward:
                 A, ua = m.adapter_rows16[i]
             else:
                 A, ua = _rows16(A, ac, m.adapter_units[i][0])
-            ps = 0
-            while (512 << ps) < ac:
-                ps += 1
-            out.append((layer, A, ua, B, ub, ar, ps))
+            out.append((layer, A, ua, B, ub, ar, kernels.chunk_shift(ac)))
         self._ads_src, self._ads = m.adapters, out
         return out
 
@@ -115,8 +112,7 @@ class Int8Forward:
         if adapters and m.adapters:
             s = m.adapter_scale
             for layer, A, ua, B, ub, r, ps in self._adapters():
-                f = s * ub * ua * (1 << ps) / (1 << self.p[layer]) if self.p[layer] >= 0 \
-                    else s * ub * ua * (1 << ps) * (1 << -self.p[layer])
+                f = ldexp(s * ub * ua, ps - self.p[layer])  # the sums' unit: 2**ps, x 2**-p
                 xq, d = self.xq[layer], len(A[0])
                 u = [K.dot_a16x8(row, xq, d, ps) for row in A]
                 for c in range(len(y)):

@@ -9,6 +9,16 @@ import sys
 SX = 32 if sys.maxsize > 0xFFFFFFFF else 0
 
 _cache = {}
+
+
+def chunk_shift(d):
+    """ps for adapter_u and dot_a16x8: a row of d values sums in 512-long chunks, each
+    pre-shifted by ps with 2**ps >= the chunk count, so the total stays inside int32."""
+    ps = 0
+    while (512 << ps) < d:
+        ps += 1
+    return ps
+
 _unavailable = [None]  # why kernels_viper failed to load (wrong-arch .mpy, out of memory)
 
 

@@ -9,6 +9,7 @@
 import struct
 
 ONE_BITS = 0x3F800000  # 1.0
+LIM = 0x3FFFFFFF  # the fixed path's int32 values saturate at +-LIM (2**30 - 1)
 
 
 def bits(x):
@@ -129,3 +130,15 @@ def isqrt(n):
         if y >= x:
             return x
         x = y
+
+
+def sat(v):
+    """v saturated to +-LIM."""
+    return LIM if v > LIM else (-LIM if v < -LIM else v)
+
+
+def q16(b):
+    """The float32 of bit pattern b in Q15.16 (a bias as the dense kernel adds it), rounded
+    half up and saturated."""
+    m, e = split(b)
+    return sat(rshift_round(m, -16 - e))

@@ -22,12 +22,11 @@ from .dataset import Dataset
 from .rng import XorShift32
 from .cache import Cache
 from . import kernels
-from .qmath import (ONE_BITS, bits, bits_at, f32_ratio, isqrt, q15, qbits, rshift_round, split,
-                    value)
+from .qmath import (LIM, ONE_BITS, bits, bits_at, f32_ratio, isqrt, q15, q16, qbits,
+                    rshift_round, sat as _sat, split, value)
 
 SKIP_METHODS = ("skip2lora", "skip-lora")
 SUPPORTED = ("skip2lora", "skip-lora", "lora-all", "ft-last")
-LIM = 0x3FFFFFFF
 T_BG = 6  # pre-shift of B^T g, keeps e * x inside int32 (docs/device.md)
 STATE_MAGIC = b"S2LS"  # <adapters>.state: the fixed path's int32 masters, bit for bit
 Z_BITS = 0x37800000  # 2**-16: the unit of the cached logits z (Q16)
@@ -50,10 +49,6 @@ SHA_LO, SHA_HI = -29, 32  # upd_a: as upd_b (capped at -29) / |e x| < 2**31 roun
 # the smallest activation scale the calibration gives (a maximum of 256 in Q16): a smaller one
 # (a cache header written elsewhere) would need a requant8 shift below 16
 SCALE_FLOOR = f32_ratio(256, 127 * 65536)
-
-
-def _sat(v, lim=LIM):
-    return lim if v > lim else (-lim if v < -lim else v)
 
 
 class _Adapter:
@@ -195,10 +190,7 @@ class Trainer:
             a.B32, a.B16 = zeros("i", C * r), zeros("h", C * r)
             a.U, a.E = zeros("h", r), zeros("i", r)
             a.drawn = False  # A's initial values are drawn once the activation scales exist
-            n_chunks = (a.d + 511) // 512
-            a.ps = 0
-            while (1 << a.ps) < n_chunks:
-                a.ps += 1
+            a.ps = kernels.chunk_shift(a.d)
             self.ads.append(a)
         if self.method == "skip2lora":
             segs, bufs = [], []
@@ -232,8 +224,7 @@ class Trainer:
                 elif n < N_LO:
                     n = N_LO
                 Ms[j], Ns[j] = M, n
-                mb, eb = split(bits_at(lay.bias, j))
-                Bs[j] = _sat(rshift_round(mb, -16 - eb))
+                Bs[j] = q16(bits_at(lay.bias, j))
             if i + 1 < L:
                 mn, en = split(scales[i + 1])
                 M, n = q15(1, mn, -16 - en)  # n >= 16 from SCALE_FLOOR
