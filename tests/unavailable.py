@@ -28,17 +28,17 @@ def require_cooling_fan_data():
 
 
 def require_emulator(kind):
-    """qemu-system-arm and the firmware of a Cortex-M kind (nothing for the unix port)."""
-    import shutil
-
-    from skip2lora.board.virtual.qemu import MACHINES, platforms_dir
+    """qemu-system-arm and the firmware of a Cortex-M kind (nothing for the unix port), found
+    the way `skip2lora board start --emulate` finds them."""
+    from skip2lora.board.virtual.qemu import MACHINES, find_firmware, find_qemu
+    from skip2lora.errors import UserError
 
     if kind == "unix":
         return
     if kind not in MACHINES:
         raise ValueError(f"unknown interpreter kind {kind!r}")
-    if not shutil.which("qemu-system-arm"):
-        unavailable("qemu-system-arm not found (apt-get install qemu-system-arm)")
-    firmware = platforms_dir() / f"{kind}.elf"
-    if not firmware.is_file():
-        unavailable(f"{kind} firmware not found at {firmware} (set SKIP2LORA_PLATFORMS)")
+    try:
+        find_qemu()
+        find_firmware(kind)
+    except UserError as e:
+        unavailable(str(e))
