@@ -51,7 +51,7 @@ def drift_model(d, dims, n_train, n_finetune, n_test, epochs):
     import numpy as np
 
     from skip2lora.data.synthetic import make_drift
-    from skip2lora.pretrain import pretrain, save_torch
+    from skip2lora.training.pretrain import pretrain, save_torch
 
     sc = make_drift(n_features=dims[0], n_train=n_train, n_finetune=n_finetune, n_test=n_test,
                     seed=3)

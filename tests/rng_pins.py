@@ -1,4 +1,4 @@
-"""Pinned values of the xorshift32 stream (host/skip2lora/rng.py, device/s2l/rng.py).
+"""Pinned values of the xorshift32 stream (host/skip2lora/training/rng.py, device/s2l/rng.py).
 
 Host and board must draw the same numbers (adapter init, per-epoch shuffles) for a board's
 adapters to be compared with the reference to the bit; these values are what both are held

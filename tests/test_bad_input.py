@@ -21,12 +21,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from faults import mutate
-from skip2lora.compiler import compile_network
+from skip2lora.model.compiler import compile_network
 from skip2lora.board.deploy import board_config, read_board_config
 from skip2lora.errors import UserError
-from skip2lora.export import export_onnx
-from skip2lora.formats import read_cache, read_model
-from skip2lora.importers import import_model
+from skip2lora.model.export import export_onnx
+from skip2lora.model.formats import read_cache, read_model
+from skip2lora.model.importers import import_model
 from cli_helpers import one_line_error as one_line, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*is deprecated:DeprecationWarning")
@@ -221,7 +221,7 @@ def test_ctrl_c_while_an_output_is_written_leaves_the_old_file(tmp_path, monkeyp
     import os
 
     from faults import fault
-    from skip2lora.formats import write_atomic
+    from skip2lora.model.formats import write_atomic
 
     out = tmp_path / "model.s2lm"
     out.write_bytes(b"old, complete")

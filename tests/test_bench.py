@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skip2lora import bench, bench_report
-from skip2lora.compiler import compile_network
+from skip2lora.bench import run as bench, report as bench_report
+from skip2lora.model.compiler import compile_network
 from skip2lora.data.synthetic import make_drift
-from skip2lora.formats import read_model, write_model
-from skip2lora.importers import import_model
-from skip2lora.pretrain import pretrain, save_torch
+from skip2lora.model.formats import read_model, write_model
+from skip2lora.model.importers import import_model
+from skip2lora.training.pretrain import pretrain, save_torch
 
 DIMS = (16, 12, 8, 3)
 EPOCHS = {"skip2lora": 5, "skip2lora-hidden": 3, "skip-lora": 2, "skip2lora-float": 2,

@@ -9,7 +9,7 @@ import pytest
 
 from cli_helpers import drift_model, mpremote, skip2lora
 from skip2lora.board.virtual import VirtualBoard, open_image
-from skip2lora.formats import DTYPE_F32, dataset_from_arrays, read_adapters, write_dataset
+from skip2lora.model.formats import DTYPE_F32, dataset_from_arrays, read_adapters, write_dataset
 
 DIMS = (16, 12, 8, 3)
 

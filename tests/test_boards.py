@@ -6,7 +6,7 @@ from skip2lora.board import budget
 from skip2lora.board.profiles import BOARDS, get_board
 from skip2lora.cli import main
 from skip2lora.errors import UserError
-from skip2lora.formats import (DTYPE_F32, DTYPE_I8, KIND_SKIP, Adapter, AdapterFile, CacheFile,
+from skip2lora.model.formats import (DTYPE_F32, DTYPE_I8, KIND_SKIP, Adapter, AdapterFile, CacheFile,
                                CacheSegment, ModelFile, ModelLayer, dataset_from_arrays,
                                encode_adapters, encode_cache, encode_dataset, encode_model)
 from test_importers import gemm_chain

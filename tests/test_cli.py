@@ -10,7 +10,7 @@ import torch
 from onnx import helper
 
 from skip2lora import cli
-from skip2lora.formats import DTYPE_F32, DTYPE_I8, read_model
+from skip2lora.model.formats import DTYPE_F32, DTYPE_I8, read_model
 from test_importers import bn_dropout_model, gemm_chain, onnx_graph
 from cli_helpers import one_line_error as assert_one_line_error, run_cli
 

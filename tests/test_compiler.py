@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from skip2lora import compiler
+from skip2lora.model import compiler
 from skip2lora.errors import UserError
-from skip2lora.formats import DTYPE_F32, DTYPE_I8, encode_model, read_model
-from skip2lora.importers import ImportedModel, import_model
-from skip2lora.network import Dense, Network
-from skip2lora.quantize import QMAX, quantize_rows
+from skip2lora.model.formats import DTYPE_F32, DTYPE_I8, encode_model, read_model
+from skip2lora.model.importers import ImportedModel, import_model
+from skip2lora.model.network import Dense, Network
+from skip2lora.model.quantize import QMAX, quantize_rows
 from test_importers import bn_dropout_model, export_onnx, gemm_chain
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -108,7 +108,7 @@ def test_bad_rank_and_alpha(saved_models):
 
 
 def test_rank_and_alpha_limits_and_relu_on_all_but_the_last_layer():
-    from skip2lora.formats import MAX_RANK
+    from skip2lora.model.formats import MAX_RANK
     net = Network([Dense(np.eye(4, dtype=np.float32), np.zeros(4, np.float32)),
                    Dense(np.ones((3, 4), np.float32), np.arange(3, dtype=np.float64))])
     for rank in (1, MAX_RANK):

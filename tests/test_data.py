@@ -190,7 +190,7 @@ def test_synthetic_is_deterministic_and_shaped():
 
 
 def test_synthetic_drift_hurts_a_source_model():
-    from skip2lora.pretrain import accuracy, pretrain
+    from skip2lora.training.pretrain import accuracy, pretrain
     s = make_drift(seed=0)
     src = pretrain(*s.pretrain, dims=(16, 16, 16, 3), epochs=20, lr=3e-3)
     tgt = pretrain(*s.finetune, dims=(16, 16, 16, 3), epochs=60, lr=3e-3)
@@ -203,7 +203,7 @@ def test_synthetic_drift_hurts_a_source_model():
 
 def test_pretrain_is_deterministic():
     import torch
-    from skip2lora.pretrain import pretrain
+    from skip2lora.training.pretrain import pretrain
     s = make_drift(seed=1, n_train=200)
     for bn, do in ((False, 0.0), (True, 0.1)):
         a = pretrain(*s.pretrain, dims=(16, 8, 3), epochs=3, seed=5, batchnorm=bn, dropout=do)
@@ -214,7 +214,7 @@ def test_pretrain_is_deterministic():
 
 
 def test_build_mlp_layers():
-    from skip2lora.pretrain import build_mlp
+    from skip2lora.training.pretrain import build_mlp
     kinds = lambda m: [type(l).__name__ for l in m]  # noqa: E731
     assert kinds(build_mlp((8, 4, 4, 2))) == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
     assert kinds(build_mlp((8, 4, 2), batchnorm=True, dropout=0.5)) == [
@@ -223,7 +223,7 @@ def test_build_mlp_layers():
 
 def test_pretrain_cooling_fan_is_fast_and_learns():
     _need_data()
-    from skip2lora.pretrain import accuracy, pretrain
+    from skip2lora.training.pretrain import accuracy, pretrain
     s = cf.load_scenario("silentA-to-noisy")
     t = time.perf_counter()
     m = pretrain(*s.pretrain)
@@ -241,7 +241,7 @@ def test_onnx_export_matches_torch(tmp_path, bn, do, ops):
     import torch
     import onnx
     import onnxruntime as ort
-    from skip2lora.pretrain import export_onnx, predict, pretrain, save_torch
+    from skip2lora.training.pretrain import export_onnx, predict, pretrain, save_torch
     s = make_drift(n_features=32, seed=2)
     m = pretrain(*s.pretrain, dims=(32, 16, 16, 3), epochs=3, batchnorm=bn, dropout=do)
     path = export_onnx(m, tmp_path / "m.onnx", 32)
@@ -263,7 +263,7 @@ def test_onnx_export_of_untrained_batchnorm_aliases_equal_tensors(tmp_path):
     import torch
     import onnx
     import onnxruntime as ort
-    from skip2lora.pretrain import build_mlp, export_onnx, predict
+    from skip2lora.training.pretrain import build_mlp, export_onnx, predict
     torch.manual_seed(0)
     m = build_mlp((32, 16, 16, 3), batchnorm=True).eval()
     path = export_onnx(m, tmp_path / "fresh.onnx", 32)

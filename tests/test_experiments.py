@@ -1,6 +1,6 @@
 """The product's claim on real data: a silentA model loses accuracy in the noisy room and
 Skip2-LoRA, run through the real import/compile path, wins it back."""
-from skip2lora.experiments import accuracy, baseline_accuracy, prepare, run_method
+from skip2lora.training.experiments import accuracy, baseline_accuracy, prepare, run_method
 
 
 def test_drift_is_real_and_skip2lora_wins_it_back(tmp_path):
@@ -19,7 +19,7 @@ def test_drift_is_real_and_skip2lora_wins_it_back(tmp_path):
 def test_lr_sweep_scores_held_out_fine_tuning_spectra_only(tmp_path):
     """make paper's lr check never sees the test recording: it trains on the fine-tuning
     recording minus a held-out part and scores that part."""
-    from skip2lora.experiments import FINETUNE_DEFAULTS, LR_SWEEP, lr_sweep
+    from skip2lora.training.experiments import FINETUNE_DEFAULTS, LR_SWEEP, lr_sweep
 
     assert FINETUNE_DEFAULTS["lr"] in LR_SWEEP
     prepared = prepare("silentA-to-noisy", tmp_path, log=lambda _: None)

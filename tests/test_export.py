@@ -5,18 +5,19 @@ import numpy as np
 import onnx
 import pytest
 
-from skip2lora import compiler
+from skip2lora.model import compiler
 from skip2lora.errors import UserError
-from skip2lora.evaluate import (
-    confusion_matrix, format_confusion, load_classifier, load_labelled, score)
-from skip2lora.export import (
+from skip2lora.data.files import load_labelled
+from skip2lora.metrics import confusion_matrix, score
+from skip2lora.model.evaluate import format_confusion, load_classifier
+from skip2lora.model.export import (
     INPUT, OUTPUT, adapted_logits, build_onnx, check_adapters, export_onnx, resolve_adapters,
     run_onnx)
-from skip2lora.formats import (
+from skip2lora.model.formats import (
     KIND_DELTA, KIND_PARALLEL, KIND_SKIP, Adapter, AdapterFile, ModelFile, ModelLayer,
     dataset_from_arrays, read_adapters, read_model, write_adapters, write_dataset, write_model)
-from skip2lora.network import Dense, Network
-from skip2lora.reference import FinetuneConfig, finetune
+from skip2lora.model.network import Dense, Network
+from skip2lora.training.reference import FinetuneConfig, finetune
 from cli_helpers import one_line_error as assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -235,7 +236,7 @@ def test_resolve_adapters(tmp_path):
     _, model = make_model(tmp_path)
     _, af = train(model, "lora-all")
     s2la = save_adapters(tmp_path, af)
-    from skip2lora.peft import write_peft_dir
+    from skip2lora.model.peft import write_peft_dir
 
     write_peft_dir(af, tmp_path / "p")
     for source in (s2la, tmp_path, tmp_path / "p", tmp_path / "p" / "adapter_config.json"):

@@ -20,13 +20,13 @@ import pytest
 
 from faults import (board_json, board_pause, board_run, cli, cli_popen, fault, finish,
                     install_pause, MARK, one_line_error, run_until_cut, soft_reset, wait_for)
-from skip2lora import formats as F
+from skip2lora.model import formats as F
 from skip2lora.commands.finetune import job_call
-from skip2lora.compiler import compile_network
+from skip2lora.model.compiler import compile_network
 from skip2lora.data.synthetic import make_drift
 from skip2lora.board.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_DIR, BOARD_MODEL,
                             BoardError, BoardLink)
-from skip2lora.network import Dense, Network
+from skip2lora.model.network import Dense, Network
 from skip2lora.board.virtual import VirtualBoard, open_image
 
 DIMS = (96, 32, 16, 3)  # the int8 model is 4104 bytes: two 2048-byte transfer chunks

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from skip2lora import formats as F
+from skip2lora.model import formats as F
 from skip2lora.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_valid_fixture_decodes_to_its_json(name):
 # ------------------------------------------------------------------ the host writer
 
 def _host_object(ext, c):
-    """skip2lora.formats objects from the contents make_fixtures wrote."""
+    """skip2lora.model.formats objects from the contents make_fixtures wrote."""
     if ext == "s2lm":
         return F.ModelFile([F.ModelLayer(l["weight"], l["bias"], l["scale"], l["relu"])
                             for l in c["layers"]], c["rank"], c["alpha"], c["adapter_mask"])
@@ -267,7 +267,7 @@ def test_fuzz_mutations_only_raise_user_error(name, data):
 
 
 def test_quantize_features_maps_the_peak_to_127_and_clips_symmetrically():
-    from skip2lora.formats import quantize_features
+    from skip2lora.model.formats import quantize_features
     q, scale = quantize_features([[0.0, 63.5, -127.0], [1.0, -2.5, 127.0]])
     assert scale == 1.0 and q.dtype == np.int8
     np.testing.assert_array_equal(q, [[0, 64, -127], [1, -2, 127]])  # round half to even
@@ -283,7 +283,7 @@ def test_quantize_features_maps_the_peak_to_127_and_clips_symmetrically():
 def test_limits_are_inclusive_and_a_zero_scale_is_refused():
     """The readers' range checks at their exact ends: 2 classes and rank MAX_RANK are valid,
     an empty dataset is a valid file, a scale of exactly 0 is not."""
-    from skip2lora.formats import MAX_RANK
+    from skip2lora.model.formats import MAX_RANK
     ds = F.dataset_from_arrays(np.ones((3, 4)), [0, 1, 1], 2, F.DTYPE_I8)
     back = F.decode_dataset(F.encode_dataset(ds))
     assert back.n_classes == 2 and back.features.shape == (3, 4)

@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from skip2lora.errors import UserError
-from skip2lora.importers import (LOGITS, SOFTMAX, fold_batchnorm, import_model, import_onnx,
+from skip2lora.model.importers import (LOGITS, SOFTMAX, fold_batchnorm, import_model, import_onnx,
                                  import_torch)
 
 nn = torch.nn

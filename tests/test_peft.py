@@ -10,10 +10,10 @@ from safetensors.numpy import load_file, save_file
 
 from skip2lora import __version__, cli
 from skip2lora.errors import UserError
-from skip2lora.formats import (
+from skip2lora.model.formats import (
     KIND_DELTA, KIND_PARALLEL, KIND_SKIP, METHOD_CODES, Adapter, AdapterFile, encode_adapters,
     read_adapters, write_adapters)
-from skip2lora.peft import (
+from skip2lora.model.peft import (
     CONFIG_NAME, WEIGHTS_NAME, load_peft_dir, tensor_keys, write_peft_dir)
 from test_export import DIMS, RANK, assert_one_line_error, make_model, save_adapters, train
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from skip2lora.errors import UserError
-from skip2lora.network import Dense, Network
-from skip2lora.reference import (
+from skip2lora.model.network import Dense, Network
+from skip2lora.training.reference import (
     KIND_DELTA, KIND_LORA, KIND_SKIP, METHODS, SKIP_METHODS, FinetuneConfig, count_macs, finetune,
     gradients, init_params)
-from skip2lora.rng import XorShift32, adapter_init
+from skip2lora.training.rng import XorShift32, adapter_init
 
 import rng_pins
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skip2lora import bench_report
+from skip2lora.bench import report as bench_report
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -103,8 +103,8 @@ def test_readme_leads_with_the_like_for_like_figure():
 def test_results_numbers_recompute():
     """RESULTS.json's derived figures from its raw ones: the MAC ratios from the reference's
     own counter on a network of the same shape, the table's means and gains."""
-    from skip2lora.network import Dense, Network
-    from skip2lora.reference import count_macs
+    from skip2lora.model.network import Dense, Network
+    from skip2lora.training.reference import count_macs
 
     data = _json("RESULTS")
     dims = data["dims"]
@@ -137,8 +137,8 @@ def test_results_numbers_recompute():
 
 
 def test_results_settings_come_from_the_config_objects():
-    from skip2lora.experiments import FINETUNE_DEFAULTS
-    from skip2lora.reference import FinetuneConfig
+    from skip2lora.training.experiments import FINETUNE_DEFAULTS
+    from skip2lora.training.reference import FinetuneConfig
 
     data = _json("RESULTS")
     ft = data["finetune"]
@@ -158,7 +158,7 @@ def test_results_settings_come_from_the_config_objects():
 
 
 def test_validation_split_holds_out_the_end_of_each_class():
-    from skip2lora.experiments import validation_split
+    from skip2lora.training.experiments import validation_split
 
     y = np.repeat([0, 1, 2], [8, 4, 12])
     X = np.arange(len(y))[:, None].astype(float)

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "tests" / "device"))
 
 import cooling_fan_setup as S  # noqa: E402
 from mpyrun import KINDS, progress_lines, run  # noqa: E402
-from skip2lora.experiments import source_revision  # noqa: E402
-from skip2lora.formats import write_atomic  # noqa: E402
+from skip2lora.training.experiments import source_revision  # noqa: E402
+from skip2lora.model.formats import write_atomic  # noqa: E402
 
 BACKENDS = ("viper", "py")
 FILES = ("a.s2la", "a.s2la.state", "c.s2lc")

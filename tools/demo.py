@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skip2lora.experiments import accuracy, baseline_accuracy, prepare
+from skip2lora.training.experiments import accuracy, baseline_accuracy, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = "silentA-to-noisy"

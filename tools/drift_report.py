@@ -20,7 +20,7 @@ import numpy as np
 
 from skip2lora.data import cooling_fan as cf
 from skip2lora.errors import UserError
-from skip2lora.pretrain import accuracy, pretrain
+from skip2lora.training.pretrain import accuracy, pretrain
 
 
 def main(argv=None):

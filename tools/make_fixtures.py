@@ -9,7 +9,7 @@ so the bytes are the same on every machine.
 
 The bytes are packed here field by field with `struct` and `zlib.crc32`, straight from the
 tables of docs/formats.md, and each .json is written from the values that went in, not from
-decoding the file: this module does not import host/skip2lora/formats.py. So the fixtures are
+decoding the file: this module does not import host/skip2lora/model/formats.py. So the fixtures are
 an independent statement of the formats that the host's reader and writer
 (tests/test_formats.py) and the board's reader (tests/device/test_device_formats.py) are held
 to; a bug in either one's encoding or decoding fails there instead of being written into the
@@ -227,7 +227,7 @@ def _list(a):
 
 
 def describe(kind, obj):
-    """A decoded host object (skip2lora.formats) as the plain JSON values of a fixture's .json,
+    """A decoded host object (skip2lora.model.formats) as the plain JSON values of a fixture's .json,
     for the tests to compare the host reader with; not used to write the fixtures."""
     if kind == "model":
         return {"dims": list(obj.dims), "dtype": obj.dtype, "rank": obj.rank,

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from skip2lora.experiments import (DIMS, FAN_RUNNING_ONLY, FINETUNE_DEFAULTS, LR_SWEEP,
+from skip2lora.training.experiments import (DIMS, FAN_RUNNING_ONLY, FINETUNE_DEFAULTS, LR_SWEEP,
                                    SWEEP_METHODS, VALIDATION_SHARE, accuracy,
                                    baseline_accuracy, finetune_settings, lr_sweep, prepare,
                                    pretrain_settings, run_method, source_revision,
                                    temporary_workdir)
-from skip2lora.formats import write_atomic
-from skip2lora.reference import count_macs
+from skip2lora.model.formats import write_atomic
+from skip2lora.training.reference import count_macs
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "docs" / "RESULTS.md"

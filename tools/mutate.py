@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = ROOT / "out" / "mutate"
 MUTMUT = "mutmut==3.8.1"
-MODULES = ["formats.py", "reference.py", "quantize.py", "board/budget.py", "compiler.py"]
+MODULES = ["model/formats.py", "training/reference.py", "model/quantize.py", "board/budget.py",
+           "model/compiler.py"]
 TESTS = ["tests/test_formats.py", "tests/test_reference.py", "tests/test_compiler.py",
          "tests/test_boards.py"]
 KILLED = {"killed", "timeout", "segfault", "suspicious"}  # mutmut's words for "a test noticed"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from skip2lora import formats as F
-from skip2lora.network import Dense, Network
+from skip2lora.model import formats as F
+from skip2lora.model.network import Dense, Network
 
 CACHE = Path(os.environ.get("SKIP2LORA_CACHE_DIR") or Path.home() / ".cache" / "skip2lora") \
     / "device-tests"
@@ -26,9 +26,9 @@ SEED = 0
 def network_key(sc, dims=DIMS, seed=SEED):
     """Hash of everything the pretrained network depends on."""
     import torch
-    import skip2lora.pretrain
+    import skip2lora.training.pretrain
     h = hashlib.sha256()
-    h.update(Path(skip2lora.pretrain.__file__).read_bytes())
+    h.update(Path(skip2lora.training.pretrain.__file__).read_bytes())
     X, y = sc.pretrain
     for a in (np.ascontiguousarray(X, np.float32), np.ascontiguousarray(y, np.int64)):
         h.update(repr(a.shape).encode())
@@ -44,7 +44,7 @@ def _network(scenario=SCENARIO):
     if path.is_file():
         with open(path, "rb") as f:
             return pickle.load(f)
-    from skip2lora.pretrain import pretrain
+    from skip2lora.training.pretrain import pretrain
     mlp = pretrain(*sc.pretrain, dims=DIMS, seed=SEED)
     import torch
     layers = [Dense(m.weight.detach().numpy().astype(np.float32),
@@ -64,7 +64,7 @@ class Files:
 
 
 def build(workdir, scenario=SCENARIO, n_finetune=None):
-    from skip2lora.compiler import compile_network
+    from skip2lora.model.compiler import compile_network
     from skip2lora.data.cooling_fan import load_scenario
     workdir = Path(workdir)
     sc = load_scenario(scenario)

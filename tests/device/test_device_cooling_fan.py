@@ -11,8 +11,8 @@ import pytest
 
 import cooling_fan_setup as S
 from mpyrun import BOARD_KINDS, RP2040_HEAP, progress_lines, run
-from skip2lora import formats as F
-from skip2lora import reference as R
+from skip2lora.model import formats as F
+from skip2lora.training import reference as R
 from unavailable import require_cooling_fan_data
 
 

@@ -9,7 +9,7 @@ import random
 
 from faults import mutate
 from mpyrun import FIXTURES, run
-from skip2lora import formats as F
+from skip2lora.model import formats as F
 from skip2lora.errors import UserError
 
 SEEDS = ["model-f32.s2lm", "model-int8.s2lm", "dataset-f32.s2ld", "dataset-int8.s2ld",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mpyrun import PRELUDE, DEVICE, micropython_binary, run
-from skip2lora import formats as F
+from skip2lora.model import formats as F
 from skip2lora.board.link import parse_progress
 
 INT8 = dict(model="model-int8.s2lm", data="dataset-int8.s2ld")
@@ -424,8 +424,8 @@ def test_flash_full_while_building_the_cache(fixdir):
 
 
 def test_model_too_big_for_the_heap(tmp_path):
-    from skip2lora.compiler import compile_network
-    from skip2lora.network import Dense, Network
+    from skip2lora.model.compiler import compile_network
+    from skip2lora.model.network import Dense, Network
     rng = np.random.default_rng(0)
     dims = [2048, 96, 3]
     net = Network([Dense(rng.standard_normal((dims[i + 1], dims[i])).astype(np.float32) / 40,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mpyrun import FIXTURES, KINDS, build_mpy, progress_lines, run
-from skip2lora import formats as F
+from skip2lora.model import formats as F
 from test_device_predict import SCRIPT as PREDICT_SCRIPT, X
 
 ON_EVERY_KIND = pytest.mark.parametrize("kind", KINDS)
@@ -147,7 +147,7 @@ FLOAT_RUNS = [  # method, model, dataset, batch size, targets, momentum
 def test_float_backend_matches_reference_on_every_kind(fixdir, kind):
     """backend='float' Skip2-LoRA and lora-all (momentum 0.5, batch 4) on the fixtures, 10
     epochs at lr 1/16 (training accuracy climbs to 1.0 / 0.67), against the float64 numpy
-    reference (skip2lora.reference.finetune) as test_device_train does on unix. On the boards
+    reference (skip2lora.training.reference.finetune) as test_device_train does on unix. On the boards
     every float operation is float32. Adapters, max |device - reference| / max |reference| per
     array: measured 2.8e-7 (skip2lora) and 4.3e-6 (lora-all) on both Cortex-M0+ and M4F, 2.3e-7
     and 3.7e-6 on unix (float32 storage dominates); tolerance 5e-5. Progress-line loss:

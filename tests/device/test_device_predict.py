@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mpyrun import run
-from skip2lora import formats as F
+from skip2lora.model import formats as F
 
 X = np.array([[((k * 7 + j * 3) % 11 - 5) / 4.0 for j in range(8)] for k in range(5)])
 

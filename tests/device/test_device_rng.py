@@ -1,13 +1,13 @@
 """device/s2l/rng.py's XorShift32 on every interpreter kind (the unix port, and the
 cortex-m0plus / cortex-m4f firmware under QEMU, whose small ints are 31-bit and whose floats
-are float32) against the pinned values of tests/rng_pins.py and host/skip2lora/rng.py: the
+are float32) against the pinned values of tests/rng_pins.py and host/skip2lora/training/rng.py: the
 board's adapter init and per-epoch shuffles are the host reference's, to the bit."""
 import numpy as np
 import pytest
 
 import rng_pins as P
 from mpyrun import KINDS, run
-from skip2lora.rng import XorShift32, adapter_init
+from skip2lora.training.rng import XorShift32, adapter_init
 
 SEEDS = [1, 0, 7, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x123456789]  # the last is masked
 N = 200

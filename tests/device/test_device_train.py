@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from mpyrun import DEVICE, ESP32_HEAP, FIXTURES, build_mpy, progress_lines, run
-from skip2lora import formats as F
-from skip2lora import reference as R
+from skip2lora.model import formats as F
+from skip2lora.training import reference as R
 
 TRAIN = r"""
 from s2l import Trainer
@@ -304,8 +304,8 @@ def test_esp32_sized_heap(tmp_path):
     256-32-32-3 int8 model train there, deployed as .mpy (compiling the .py sources on the
     board needs more); the 512-64-64-3 cooling-fan model needs ~108 KB and does not fit
     beside the package (docs/device.md)."""
-    from skip2lora.network import Dense, Network
-    from skip2lora.compiler import compile_network
+    from skip2lora.model.network import Dense, Network
+    from skip2lora.model.compiler import compile_network
     rng = np.random.default_rng(0)
     dims = [256, 32, 32, 3]
     net = Network([Dense(rng.standard_normal((dims[i + 1], dims[i])).astype(np.float32)

@@ -17,7 +17,7 @@ What the board is assumed to hold, per docs/compiler.md:
 """
 from dataclasses import dataclass
 
-from skip2lora.formats import pad4
+from skip2lora.model.formats import pad4
 
 # Device package bytecode, its module globals and interpreter state after import: an estimate
 # (the device issue measures the real figure with gc.mem_free() before/after import).

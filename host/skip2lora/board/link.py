@@ -8,6 +8,7 @@ import hashlib
 import re
 
 from skip2lora.errors import UserError
+from skip2lora.board.virtual import default_port
 
 # Where things live on the board's filesystem (docs/formats.md names the files).
 BOARD_LIB = "/lib/s2l"
@@ -97,8 +98,6 @@ def resolve_port(port):
     """The port given, else the running virtual board's; one clear error if neither exists."""
     if port:
         return port
-    from skip2lora.board.virtual import default_port
-
     return default_port()
 
 

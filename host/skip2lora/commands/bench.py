@@ -39,7 +39,7 @@ def _log(*args, **kw):
 def run(args):
     from dataclasses import replace
 
-    from skip2lora import bench, bench_report
+    from skip2lora.bench import run as bench, report as bench_report
 
     if args.from_json:
         import json

@@ -6,12 +6,12 @@ whether the model, its adapters and the fine-tuning data fit the board's heap an
 """
 import numpy as np
 
-from skip2lora import compiler
+from skip2lora.model import compiler
 from skip2lora.board import budget
 from skip2lora.board.profiles import BOARDS, get_board
 from skip2lora.errors import UserError
-from skip2lora.formats import write_model
-from skip2lora.importers import import_model
+from skip2lora.model.formats import write_model
+from skip2lora.model.importers import import_model
 
 
 def register(subparsers):

@@ -1,5 +1,5 @@
 """`skip2lora eval`: accuracy and confusion matrix of a model (with adapters) on labelled data."""
-from skip2lora import evaluate
+from skip2lora.model import evaluate
 
 
 def register(subparsers):

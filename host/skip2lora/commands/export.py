@@ -6,9 +6,9 @@ numpy model before it is kept, so a wrong export never reaches the user.
 """
 from pathlib import Path
 
-from skip2lora import export, peft
+from skip2lora.model import export, peft
 from skip2lora.errors import UserError
-from skip2lora.formats import read_model
+from skip2lora.model.formats import read_model
 
 
 def register(subparsers):

@@ -9,9 +9,10 @@ import math
 import sys
 from pathlib import Path
 
-from skip2lora.commands.flash import add_port_argument
+from skip2lora.commands.common import add_port_argument
+from skip2lora.data.files import load_labelled
 from skip2lora.errors import UserError
-from skip2lora.formats import DTYPE_F32, DTYPE_I8, dataset_from_arrays, encode_dataset, read_model
+from skip2lora.model.formats import DTYPE_F32, DTYPE_I8, dataset_from_arrays, encode_dataset, read_model
 from skip2lora.board.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_MODEL,
                             BoardInterrupted, BoardLink, parse_progress, sha256)
 
@@ -54,8 +55,6 @@ def register(subparsers):
 def load_dataset_bytes(path, model, model_name, dtype):
     """The .s2ld bytes for a local dataset file, checked against the model before anything
     is uploaded (packing .npz/.csv on the way)."""
-    from skip2lora.evaluate import load_labelled
-
     x, y = load_labelled(path, model.dims[0], model.dims[-1], model_name)
     if not len(y):
         raise UserError("the dataset holds no samples", path)

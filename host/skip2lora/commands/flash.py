@@ -2,17 +2,12 @@
 import time
 
 from skip2lora.board import deploy
+from skip2lora.commands.common import add_port_argument
 from skip2lora.board.profiles import Board, get_board
 from skip2lora.board.budget import estimate
 from skip2lora.errors import UserError
-from skip2lora.formats import read_model
+from skip2lora.model.formats import read_model
 from skip2lora.board.link import BoardLink
-
-
-def add_port_argument(parser):
-    parser.add_argument("--port", "-p", default=None,
-                        help="serial port of the board, e.g. /dev/ttyACM0 (default: the running "
-                             "virtual board, see `skip2lora board start`)")
 
 
 def register(subparsers):

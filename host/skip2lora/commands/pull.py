@@ -1,11 +1,11 @@
 """`skip2lora pull`: bring the board's trained adapters home, checked, in .s2la and PEFT form."""
 from pathlib import Path
 
-from skip2lora.commands.flash import add_port_argument
+from skip2lora.commands.common import add_port_argument
 from skip2lora.errors import UserError
-from skip2lora.formats import write_atomic, read_adapters
+from skip2lora.model.formats import write_atomic, read_adapters
 from skip2lora.board.link import BOARD_ADAPTERS, BOARD_MODEL, BoardError, BoardLink
-from skip2lora.peft import write_peft_dir
+from skip2lora.model.peft import write_peft_dir
 
 # The model's file CRC is its last 4 bytes (docs/formats.md): no need to copy the whole model.
 _MODEL_CRC_SCRIPT = """

@@ -7,6 +7,8 @@ the run dir, state, port link, stop and kill. docs/virtual-board.md describes ea
 from skip2lora.board.virtual.base import (KINDS, VirtualBoard, default_port, default_run_dir,
                                           read_state, start_board, stop)
 from skip2lora.board.virtual.images import open_image
+from skip2lora.board.virtual.qemu import QemuBoard  # registers its kinds with VirtualBoard
+from skip2lora.board.virtual.unix import UnixBoard  # registers its kinds with VirtualBoard
 
-__all__ = ["KINDS", "VirtualBoard", "default_port", "default_run_dir", "open_image",
+__all__ = ["KINDS", "QemuBoard", "UnixBoard", "VirtualBoard", "default_port", "default_run_dir", "open_image",
            "read_state", "start_board", "stop"]

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from skip2lora.board.virtual import images
 from skip2lora.errors import UserError
 
 KiB = 1024
@@ -285,16 +286,19 @@ class VirtualBoard:
     image_name = None  # the default image in the run dir
     supervisor_module = None  # `python -m <this> supervise ...`
 
+    kinds = ()  # the kinds a subclass runs: VirtualBoard(kind=...) builds that subclass
+    _class_of_kind = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        VirtualBoard._class_of_kind.update(dict.fromkeys(cls.kinds, cls))
+
     def __new__(cls, *args, kind="unix", **kwargs):
         if cls is VirtualBoard:
-            from skip2lora.board.virtual import qemu, unix
-
-            classes = {"unix": unix.UnixBoard, "cortex-m0plus": qemu.QemuBoard,
-                       "cortex-m4f": qemu.QemuBoard}
-            if kind not in classes:
+            if kind not in VirtualBoard._class_of_kind:
                 raise UserError(f"unknown virtual board kind {kind!r}: use one of "
                                 f"{', '.join(KINDS)}")
-            cls = classes[kind]
+            cls = VirtualBoard._class_of_kind[kind]
         return super().__new__(cls)
 
     def __init__(self, image=None, *, kind="unix", run_dir=None, detach=False):
@@ -408,9 +412,7 @@ class VirtualBoard:
 
         Read it after stop(): while the board runs, its writes may not be in the file yet.
         """
-        from skip2lora.board.virtual.images import open_image
-
-        return open_image(self.image, self.kind)
+        return images.open_image(self.image, self.kind)
 
     def __enter__(self):
         return self.start()

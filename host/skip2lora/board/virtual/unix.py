@@ -12,7 +12,7 @@ from pathlib import Path
 from skip2lora.board.virtual.base import KiB, MiB, VirtualBoard, format_size, parse_size
 from skip2lora.board.virtual.images import BLOCK_SIZE
 from skip2lora.errors import UserError
-from skip2lora.formats import write_atomic
+from skip2lora.model.formats import write_atomic
 
 DEFAULT_HEAP = 192 * KiB  # about what an rp2040 offers a program
 DEFAULT_FLASH = 2 * MiB
@@ -70,6 +70,7 @@ def prepare_image(image, flash=None):
 class UnixBoard(VirtualBoard):
     """`VirtualBoard(image, heap="192K", flash="2M", kind="unix")`: heap and flash are free."""
 
+    kinds = ("unix",)
     image_name = "flash.img"
     supervisor_module = "skip2lora.board.virtual.unix_supervisor"
 

@@ -2,7 +2,7 @@
 
 `adapted_logits` is the one numpy implementation of "frozen model + adapters" read from the
 file formats: it maps the `.s2la` entries onto the reference's own plan and forward pass
-(host/skip2lora/reference.py), so the host evaluates adapters with the very code that defines
+(host/skip2lora/training/reference.py), so the host evaluates adapters with the very code that defines
 the methods. `export_onnx` writes the same function as an ONNX graph (docs/export.md):
 
 - dense deltas (FT-*) are added to W and b: W + A, b + B;
@@ -20,9 +20,11 @@ import numpy as np
 
 from skip2lora import __version__
 from skip2lora.errors import UserError
-from skip2lora.formats import (
+from skip2lora.model.formats import (
     KIND_DELTA, KIND_PARALLEL, KIND_SKIP, AdapterFile, ModelFile, read_adapters)
-from skip2lora.formats import write_atomic  # temp file, fsync, os.replace
+from skip2lora.model.formats import write_atomic  # temp file, fsync, os.replace
+from skip2lora.model import peft
+from skip2lora.training.reference import Plan, forward
 
 OPSET = 17
 IR_VERSION = 8  # the IR version of opset 17, so older onnxruntime releases load the file too
@@ -40,8 +42,6 @@ KIND_WORDS = {KIND_SKIP: "skip", KIND_PARALLEL: "parallel LoRA", KIND_DELTA: "de
 def resolve_adapters(path):
     """(AdapterFile, the file it came from) for --adapters: a .s2la file, or a directory
     holding adapters.s2la or the PEFT files (adapters.s2la wins when both are there)."""
-    from skip2lora import peft
-
     p = Path(path)
     if p.is_dir():
         if (p / ADAPTER_FILE_NAME).is_file():
@@ -108,11 +108,9 @@ def check_adapters(model, adapters, model_name=None, adapters_name=None):
 
 def _reference_state(model, adapters):
     """The reference's network, plan and params for a model file and an adapter file."""
-    from skip2lora.reference import _Plan
-
     net = model.to_network()
     if adapters is None:
-        return net, _Plan(method="frozen", scale=1.0), {}
+        return net, Plan(method="frozen", scale=1.0), {}
     skip, lora, delta, params = [], [], [], {}
     for a in adapters.adapters:
         i = a.layer
@@ -124,7 +122,7 @@ def _reference_state(model, adapters):
             (skip if a.kind == KIND_SKIP else lora).append(i)
             params[f"A{i}"] = np.asarray(a.A, np.float64)
             params[f"B{i}"] = np.asarray(a.B, np.float64)
-    plan = _Plan(method=adapters.method, scale=float(adapters.scaling), skip=tuple(sorted(skip)),
+    plan = Plan(method=adapters.method, scale=float(adapters.scaling), skip=tuple(sorted(skip)),
                  lora=tuple(sorted(lora)), weights=tuple(sorted(delta)),
                  biases=tuple(sorted(delta)))
     return net, plan, params
@@ -135,8 +133,6 @@ def adapted_logits(model, adapters, X, model_name=None, adapters_name=None):
 
     adapters may be None (the frozen model). X is (n, d_1) or (d_1,).
     """
-    from skip2lora.reference import _forward
-
     if adapters is not None:
         check_adapters(model, adapters, model_name, adapters_name)
     X = np.atleast_2d(np.asarray(X, np.float64))
@@ -145,7 +141,7 @@ def adapted_logits(model, adapters, X, model_name=None, adapters_name=None):
         raise UserError(f"inputs have shape {X.shape}, {model_name or 'the model'} needs "
                         f"(n, {d_1})")
     net, plan, params = _reference_state(model, adapters)
-    return _forward(net, plan, params, X)[0]
+    return forward(net, plan, params, X)[0]
 
 
 # ---------------------------------------------------------------- ONNX

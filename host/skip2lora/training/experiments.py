@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from skip2lora.compiler import compile_network
+from skip2lora.model.compiler import compile_network
 from skip2lora.data.cooling_fan import load_scenario
-from skip2lora.evaluate import accuracy as logits_accuracy
-from skip2lora.formats import read_model, write_model
-from skip2lora.importers import import_model
-from skip2lora.reference import FinetuneConfig, finetune
+from skip2lora.metrics import accuracy as logits_accuracy
+from skip2lora.model.formats import read_model, write_model
+from skip2lora.model.importers import import_model
+from skip2lora.training.reference import FinetuneConfig, finetune
+from skip2lora.training.pretrain import pretrain, save_torch
 
 DIMS = (512, 64, 64, 3)
 # `make paper` checks lr against LR_SWEEP on a validation split held out of the fine-tuning
@@ -48,8 +49,6 @@ def accuracy(predict_logits, X, y):
 
 def prepare(scenario_name, workdir, dtype="f32", seed=0, split="1-2", log=print):
     """Pre-train on the source room, save with torch.save, import, compile, read back."""
-    from skip2lora.pretrain import pretrain, save_torch
-
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     scenario = load_scenario(scenario_name, split=split, fan_running_only=FAN_RUNNING_ONLY)
@@ -87,8 +86,6 @@ def finetune_settings(**overrides):
 
 def pretrain_settings():
     """How prepare() pre-trains: pretrain()'s own defaults and the optimizer its code builds."""
-    from skip2lora.pretrain import pretrain
-
     params = inspect.signature(pretrain).parameters
     found = re.search(r"torch\.optim\.(\w+)\(", inspect.getsource(pretrain))
     return {"optimizer": found.group(1) if found else "unknown",

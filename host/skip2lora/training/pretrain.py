@@ -9,12 +9,14 @@ import warnings
 
 import numpy as np
 
+from skip2lora.errors import UserError
+from skip2lora.metrics import accuracy as logits_accuracy
+
 
 def _torch():
     try:
         import torch
     except ImportError:  # torch is an optional dependency of the package
-        from .errors import UserError
         raise UserError("pre-training needs PyTorch: pip install 'skip2lora[torch]'") from None
     return torch
 
@@ -93,8 +95,6 @@ def predict(module, X):
 
 
 def accuracy(module, X, y):
-    from skip2lora.evaluate import accuracy as logits_accuracy
-
     return logits_accuracy(predict(module, X), y)
 
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from skip2lora.errors import UserError
-from skip2lora.evaluate import accuracy as logits_accuracy
-from skip2lora.formats import MAX_RANK, ModelFile, ModelLayer
-from skip2lora.importers import LOG_SOFTMAX, LOGITS
-from skip2lora.quantize import quantize_rows
+from skip2lora.metrics import accuracy as logits_accuracy
+from skip2lora.model.formats import MAX_RANK, ModelFile, ModelLayer
+from skip2lora.model.importers import LOG_SOFTMAX, LOGITS
+from skip2lora.model.quantize import quantize_rows
 
 DTYPES = ("f32", "int8")
 # Float32 arrays must match the original within float32 rounding: anything above this is an

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from skip2lora.errors import UserError
-from skip2lora.experiments import source_revision
-from skip2lora.evaluate import accuracy
+from skip2lora.training.experiments import source_revision
+from skip2lora.metrics import accuracy
 
 EPOCH_POINTS = (1, 5, 20, 50)
 TARGET_EPOCHS = 20  # the issue's targets are stated at 20 epochs
@@ -129,7 +129,7 @@ class BenchScenario:
 
 def cooling_fan_scenarios(names, workdir, log=print):
     """Pre-train in silentA and compile to int8 (experiments.prepare), per scenario."""
-    from skip2lora.experiments import prepare
+    from skip2lora.training.experiments import prepare
 
     out = []
     for name in names:
@@ -367,7 +367,7 @@ def calibration_macs(dims):
 
 
 def method_macs(net, spec, rank, points, dims, n):
-    from skip2lora.reference import count_macs
+    from skip2lora.training.reference import count_macs
 
     c = count_macs(net, spec.method, rank, spec.targets or "all", 2)
     first = c["first_epoch"]["forward"] + c["first_epoch"]["backward"]
@@ -387,8 +387,8 @@ def kernel_for(spec, backend):
 
 
 def accuracy_of(model, adapter_bytes, X, y):
-    from skip2lora.export import adapted_logits
-    from skip2lora.formats import decode_adapters
+    from skip2lora.model.export import adapted_logits
+    from skip2lora.model.formats import decode_adapters
 
     af = decode_adapters(adapter_bytes)
     return accuracy(adapted_logits(model, af, X), y)
@@ -396,7 +396,7 @@ def accuracy_of(model, adapter_bytes, X, y):
 
 def reference_accuracy(net, X, y, Xt, yt, spec, config, epochs):
     """Host numpy float64, same lr / seed / order / data as the board (reference.finetune)."""
-    from skip2lora.reference import FinetuneConfig, finetune
+    from skip2lora.training.reference import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(method=spec.method, rank=config.rank, lr=config.lr, epochs=epochs,
                          seed=config.seed, targets=spec.targets or "all")
@@ -417,7 +417,7 @@ def trainable(net, spec, rank):
 
 def scenario_figures(sc, runs, config, kernels_us):
     """Every per-scenario figure from the raw board results."""
-    from skip2lora.formats import read_model
+    from skip2lora.model.formats import read_model
 
     model = read_model(sc.model_path)
     net = model.to_network()
@@ -545,7 +545,7 @@ def assess(fig, kern, config):
 def run(config, scenarios, port=None, workdir="out/bench", log=print):
     """Run the benchmark; returns every figure as one JSON-ready dict."""
     from skip2lora.board import deploy
-    from skip2lora.formats import DTYPE_I8, dataset_from_arrays, encode_dataset, read_model
+    from skip2lora.model.formats import DTYPE_I8, dataset_from_arrays, encode_dataset, read_model
     from skip2lora.board.link import BOARD_DATASET, BOARD_MODEL, sha256
 
     started = time.time()

@@ -16,10 +16,10 @@ import numpy as np
 
 from skip2lora import __version__
 from skip2lora.errors import UserError
-from skip2lora.formats import (
+from skip2lora.model.formats import (
     KIND_DELTA, KIND_PARALLEL, KIND_SKIP, MAX_CLASSES, MAX_RANK, METHOD_CODES, Adapter,
     AdapterFile, crc32, encode_adapters)
-from skip2lora.formats import write_atomic  # temp file, fsync, os.replace
+from skip2lora.model.formats import write_atomic  # temp file, fsync, os.replace
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from skip2lora.errors import UserError
+from skip2lora.model.network import Dense, Network
 
 VERSION = 1
 MODEL_MAGIC, DATASET_MAGIC, CACHE_MAGIC, ADAPTER_MAGIC = b"S2LM", b"S2LD", b"S2LC", b"S2LA"
@@ -186,8 +187,6 @@ class ModelFile:
         return self.layers[0].dtype
 
     def to_network(self):
-        from skip2lora.network import Dense, Network
-
         return Network([Dense(l.dequantized(), l.bias.astype(np.float32), name=f"layer{i}")
                         for i, l in enumerate(self.layers)])
 

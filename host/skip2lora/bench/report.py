@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from skip2lora.bench import (BLOCK, COMPARISONS, ESP32_MHZ, FLASH_MS_PER_BLOCK, M0_PY_FLOAT_US,
+from skip2lora.bench.run import (BLOCK, COMPARISONS, ESP32_MHZ, FLASH_MS_PER_BLOCK, M0_PY_FLOAT_US,
                              M0_VIPER_INT8_US, RP2040_MHZ, RUNS, board_projection)
-from skip2lora.formats import write_atomic
+from skip2lora.model.formats import write_atomic
 
 
 def _pct(x, digits=1):

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from skip2lora.errors import UserError
-from skip2lora.rng import XorShift32, adapter_init
+from skip2lora.training.rng import XorShift32, adapter_init
 
 METHODS = ("ft-all", "ft-last", "ft-bias", "lora-all", "lora-last", "skip-lora", "skip2lora")
 SKIP_METHODS = ("skip-lora", "skip2lora")
@@ -109,7 +109,7 @@ def _mm(a, b, counter, tag):
 
 
 @dataclass(frozen=True)
-class _Plan:
+class Plan:
     """Which parts of the network a method trains; every code path reads only this."""
 
     method: str
@@ -178,7 +178,7 @@ def _plan(net, cfg, method=None):
         "skip-lora": dict(skip=_resolve_targets(cfg.targets, len(every))),
         "skip2lora": dict(skip=_resolve_targets(cfg.targets, len(every)), cache=True),
     }[method]
-    return _Plan(method=method, scale=cfg.scale, **kinds)
+    return Plan(method=method, scale=cfg.scale, **kinds)
 
 
 def _init_params(net, plan, rank, rng):
@@ -256,7 +256,7 @@ def _frozen_records(net, plan, params, X, idx, counter, cache):
     return [np.concatenate(column) for column in zip(*records)], hits
 
 
-def _forward(net, plan, params, x, counter=None, frozen=None):
+def forward(net, plan, params, x, counter=None, frozen=None):
     """Logits and the values the backward pass needs ([x_1..x_L], u_i).
 
     ``frozen`` gives (x_2..x_L, z) already computed (skip methods in training); otherwise the
@@ -329,7 +329,7 @@ def gradients(method, net, params, xb, yb, cfg):
     if got != expected:
         raise UserError(f"{method} needs params {expected}, got {got}")
     xb, yb = _check_data(net, xb, yb)
-    y, xs, us = _forward(net, plan, params, xb)
+    y, xs, us = forward(net, plan, params, xb)
     _, g, _ = _softmax_xent(y, yb)
     return _backward(net, plan, params, g, xs, us)
 
@@ -357,7 +357,7 @@ def _check_data(net, X, y, what="X"):
 
 
 def _accuracy(net, plan, params, X, y):
-    return float(np.mean(np.argmax(_forward(net, plan, params, X)[0], axis=1) == y))
+    return float(np.mean(np.argmax(forward(net, plan, params, X)[0], axis=1) == y))
 
 
 def _train(net, X, y, cfg, plan, X_eval=None, y_eval=None, progress=None):
@@ -376,7 +376,7 @@ def _train(net, X, y, cfg, plan, X_eval=None, y_eval=None, progress=None):
             if plan.skip:
                 frozen, batch_hits = _frozen_records(net, plan, params, X, idx, counter, cache)
                 hits += batch_hits
-            y_out, xs, us = _forward(net, plan, params, X[idx], counter, frozen)
+            y_out, xs, us = forward(net, plan, params, X[idx], counter, frozen)
             loss, g, batch_correct = _softmax_xent(y_out, y[idx])
             loss_sum += loss * len(idx)
             correct += batch_correct
@@ -409,13 +409,13 @@ class FinetuneResult:
     n_trainable: int
     config: FinetuneConfig = None
     net: object = field(default=None, repr=False)
-    _plan: _Plan = field(default=None, repr=False)
+    _plan: Plan = field(default=None, repr=False)
 
     def predict(self, X):
         """Logits of the frozen network with the trained adapters or deltas applied."""
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         X, _ = _check_data(self.net, X, np.zeros(len(X), np.int64))
-        return _forward(self.net, self._plan, self.params, X)[0]
+        return forward(self.net, self._plan, self.params, X)[0]
 
     def adapters(self):
         """(layer, kind, A, B) per adapter, in the order and kinds of the .s2la format."""

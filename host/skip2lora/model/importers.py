@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from skip2lora.errors import UserError
-from skip2lora.network import Dense, Network
+from skip2lora.model.network import Dense, Network
 
 ONNX_SUPPORTED = ("Gemm, MatMul (+ Add of a constant bias), Relu, BatchNormalization after a "
                   "linear layer, Flatten, Identity, Dropout, and a trailing Softmax/LogSoftmax")
