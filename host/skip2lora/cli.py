@@ -3,10 +3,12 @@
 Each subcommand lives in skip2lora.commands.<name> with `register(subparsers)` (adds its
 parser and sets `run`) and `run(args) -> int`, so a later command is one new module and one
 name in COMMANDS. Here only the policy every command shares: a UserError is the user's
-mistake and prints as one line with exit status 2; Ctrl-C exits 130 without a traceback.
+mistake and prints as one line with exit status 2; Ctrl-C exits 130 without a traceback; a
+reader that goes away (`| head`) ends the command quietly, as it ends any Unix tool.
 """
 import argparse
 import importlib
+import os
 import sys
 
 from skip2lora import __version__
@@ -16,6 +18,7 @@ COMMANDS = ("compile", "boards", "board", "flash", "finetune", "pull", "export",
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
 
 
 def build_parser():
@@ -35,14 +38,24 @@ def _one_line(text):
 
 def main(argv=None) -> int:
     try:
-        try:
-            args = build_parser().parse_args(argv)
-        except SystemExit as exit_:  # argparse has printed usage or help already
-            return exit_.code if isinstance(exit_.code, int) else EXIT_USER_ERROR
-        return args.run(args) or 0
+        status = _run(argv)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
     except UserError as error:
         print(f"skip2lora: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("skip2lora: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout is gone: point it at /dev/null so the interpreter's final flush is silent too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv):
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed usage or help already
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USER_ERROR
+    return args.run(args) or 0
