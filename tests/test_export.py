@@ -13,11 +13,12 @@ from skip2lora.model.evaluate import format_confusion, load_classifier
 from skip2lora.model.export import (
     INPUT, OUTPUT, adapted_logits, build_onnx, check_adapters, export_onnx, resolve_adapters,
     run_onnx)
+from skip2lora.config import FinetuneConfig
 from skip2lora.model.formats import (
     KIND_DELTA, KIND_PARALLEL, KIND_SKIP, Adapter, AdapterFile, ModelFile, ModelLayer,
     dataset_from_arrays, read_adapters, read_model, write_adapters, write_dataset, write_model)
 from skip2lora.model.network import Dense, Network
-from skip2lora.training.reference import FinetuneConfig, finetune
+from skip2lora.training.reference import finetune
 from cli_helpers import one_line_error as assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
+from skip2lora.config import (KIND_DELTA, KIND_PARALLEL, KIND_SKIP, METHODS, SKIP_METHODS,
+                              FinetuneConfig)
 from skip2lora.errors import UserError
 from skip2lora.model.network import Dense, Network
-from skip2lora.training.reference import (
-    KIND_DELTA, KIND_LORA, KIND_SKIP, METHODS, SKIP_METHODS, FinetuneConfig, count_macs, finetune,
-    gradients, init_params)
+from skip2lora.training.reference import count_macs, finetune, gradients, init_params
 from skip2lora.training.rng import XorShift32, adapter_init
 
 import rng_pins
@@ -298,7 +298,7 @@ def test_result_adapters_predict_and_sizes():
     net = make_net([6, 5, 4, 3])
     X, y = make_data(net, 5)
     kinds = {"skip2lora": [(0, KIND_SKIP), (1, KIND_SKIP), (2, KIND_SKIP)],
-             "lora-last": [(2, KIND_LORA)],
+             "lora-last": [(2, KIND_PARALLEL)],
              "ft-bias": [(0, KIND_DELTA), (1, KIND_DELTA), (2, KIND_DELTA)],
              "ft-last": [(2, KIND_DELTA)]}
     for method, expect in kinds.items():
@@ -314,7 +314,7 @@ def test_result_adapters_predict_and_sizes():
             a, b = delta.get(i, (0, np.zeros((layer.d_out, 1))))
             h = h @ (layer.weight + a).T + layer.bias + b[:, 0]
             for li, kind, A, B in adapters:
-                if li == i and kind == KIND_LORA:
+                if li == i and kind == KIND_PARALLEL:
                     h = h + (xs[i] @ A.T) @ B.T
             h = np.maximum(h, 0) if i < 2 else h
         for li, kind, A, B in adapters:

@@ -138,7 +138,7 @@ def test_results_numbers_recompute():
 
 def test_results_settings_come_from_the_config_objects():
     from skip2lora.training.experiments import FINETUNE_DEFAULTS
-    from skip2lora.training.reference import FinetuneConfig
+    from skip2lora.config import FinetuneConfig
 
     data = _json("RESULTS")
     ft = data["finetune"]

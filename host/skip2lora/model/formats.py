@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from skip2lora.config import KIND_DELTA, KIND_PARALLEL, KIND_SKIP, METHODS
 from skip2lora.errors import UserError
 from skip2lora.model.network import Dense, Network
 
@@ -18,9 +19,7 @@ MODEL_MAGIC, DATASET_MAGIC, CACHE_MAGIC, ADAPTER_MAGIC = b"S2LM", b"S2LD", b"S2L
 DTYPE_F32, DTYPE_I8, DTYPE_I16, DTYPE_I32 = 0, 1, 2, 3
 NUMPY_DTYPES = {DTYPE_F32: "<f4", DTYPE_I8: "i1", DTYPE_I16: "<i2", DTYPE_I32: "<i4"}
 DTYPE_NAMES = {"f32": DTYPE_F32, "int8": DTYPE_I8, "int16": DTYPE_I16, "int32": DTYPE_I32}
-METHOD_CODES = {"skip2lora": 0, "skip-lora": 1, "lora-all": 2, "lora-last": 3,
-                "ft-last": 4, "ft-bias": 5, "ft-all": 6}
-KIND_SKIP, KIND_PARALLEL, KIND_DELTA = 0, 1, 2
+METHOD_CODES = {name: code for code, name in enumerate(METHODS)}  # the .s2la method byte
 MAX_DIM, MAX_CLASSES, MAX_LAYERS, MAX_RANK = 4096, 255, 16, 64
 _PREFIX = struct.Struct("<4sHH")
 

@@ -5,7 +5,7 @@ accuracy and cost differences between methods come from the method and nothing e
 is checked against this module, which is why its random stream and its operation counts are
 part of its contract (below), not implementation details.
 
-Methods (``METHODS``)
+Methods (``skip2lora.config.METHODS``)
     ``ft-all``    every W_i, b_i trained (stored as deltas ``W{i}``, ``b{i}``)
     ``ft-last``   the last layer's W, b
     ``ft-bias``   every b_i
@@ -53,36 +53,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from skip2lora.config import KIND_DELTA, KIND_PARALLEL, KIND_SKIP, METHODS, FinetuneConfig
 from skip2lora.errors import UserError
 from skip2lora.training.rng import XorShift32, adapter_init
 
-METHODS = ("ft-all", "ft-last", "ft-bias", "lora-all", "lora-last", "skip-lora", "skip2lora")
-SKIP_METHODS = ("skip-lora", "skip2lora")
-
-# adapter kinds of the .s2la format (docs/formats.md)
-KIND_SKIP, KIND_LORA, KIND_DELTA = 0, 1, 2
-
 MAC_TAGS = ("frozen", "forward", "backward")
-
-
-@dataclass
-class FinetuneConfig:
-    """What a user chooses; defaults are the paper's Skip2-LoRA with s = 1."""
-
-    method: str = "skip2lora"
-    rank: int = 4
-    alpha: float = None  # None -> alpha = rank, i.e. s = 1
-    lr: float = 0.01
-    epochs: int = 10
-    batch_size: int = 1
-    momentum: float = 0.0
-    seed: int = 0
-    targets: object = "all"  # "all", "hidden" or a list of 0-based layer indices
-    shuffle: bool = True
-
-    @property
-    def scale(self):
-        return (self.rank if self.alpha is None else self.alpha) / self.rank
 
 
 class MacCounter:
@@ -422,7 +397,7 @@ class FinetuneResult:
         out = []
         for i, layer in enumerate(self.net.layers):
             if i in self._plan.skip or i in self._plan.lora:
-                kind = KIND_SKIP if i in self._plan.skip else KIND_LORA
+                kind = KIND_SKIP if i in self._plan.skip else KIND_PARALLEL
                 out.append((i, kind, self.params[f"A{i}"], self.params[f"B{i}"]))
             elif i in self._plan.weights or i in self._plan.biases:
                 dw = self.params.get(f"W{i}", np.zeros(layer.weight.shape))
@@ -452,7 +427,8 @@ def finetune(net, X, y, cfg=None, X_eval=None, y_eval=None, progress=None):
         config=cfg, net=net, _plan=plan)
 
 
-def count_macs(net, method, rank=4, targets="all", epochs=20):
+def count_macs(net, method, rank=FinetuneConfig.rank, targets=FinetuneConfig.targets,
+               epochs=FinetuneConfig.epochs):
     """Per-sample multiply-adds of one epoch (first and later) and of ``epochs`` epochs.
 
     Runs the training code for two epochs on one dummy sample and reads its counters.
