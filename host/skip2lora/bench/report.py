@@ -1,7 +1,8 @@
 """docs/BENCHMARKS.md, its plots and the JSON of a `skip2lora bench` run, from its figures.
 
-Kept apart from bench.py (which runs the board and computes the figures) so the wording of the
-report can change without touching what is measured.
+Kept apart from run.py (which runs the board and computes the figures) so the wording of the
+report can change without touching what is measured. Each section of the report is one function
+of the figures, so a section can be read, and changed, on its own.
 """
 import json
 import math
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from skip2lora.bench.run import (BLOCK, COMPARISONS, ESP32_MHZ, FLASH_MS_PER_BLOCK, M0_PY_FLOAT_US,
-                             M0_VIPER_INT8_US, RP2040_MHZ, RUNS, board_projection)
+from skip2lora.bench.run import (BLOCK, COMPARISONS, ESP32_MHZ, FLASH_MS_PER_BLOCK,
+                                 M0_PY_FLOAT_US, M0_VIPER_INT8_US, RP2040_MHZ, RUNS,
+                                 board_projection)
 from skip2lora.model.formats import write_atomic
 
 
@@ -128,12 +130,25 @@ def report(figures, path, png_dir=None, plots=True):
 
 
 def render(figures, pngs=PNG_NAMES):
-    """The markdown of docs/BENCHMARKS.md from the figures alone (the JSON of a run)."""
-    F = figures
-    T = str(F["settings"]["target_epochs"])
-    st = F["settings"]
-    m, b = F["machine"], F["board"]
-    P = F["scenarios"][F["primary_scenario"]]
+    """The markdown of docs/BENCHMARKS.md from the figures alone (the JSON of a run),
+    one function per section."""
+    sections = (_intro(figures), _where(figures), _headline(figures), _targets(figures),
+                _times(figures), _accuracy(figures), _heap_flash(figures), _kernels(figures),
+                _bound(figures), _plots(pngs), _real_board(figures), _board_notes(figures),
+                _closing(figures))
+    return "\n".join(line for section in sections for line in section)
+
+
+def _primary(F):
+    return F["scenarios"][F["primary_scenario"]]
+
+
+def _kernel_shapes(F):
+    return list(next(iter(F["kernel_us_per_mac_by_shape"].values())).keys())
+
+
+def _intro(F):
+    """The title and what was measured how."""
     L = []
     w = L.append
     w("# On-board benchmark: Skip2-LoRA against LoRA-All and the other baselines\n")
@@ -148,6 +163,16 @@ def render(figures, pngs=PNG_NAMES):
       "real `s2l.Trainer`), after a soft reset, with the dataset and Skip-Cache in the "
       "board's flash filesystem. The host uploads, starts the run over the raw REPL, pulls "
       "the adapters back and scores them on the target room's held-out recording.\n")
+    return L
+
+
+def _where(F):
+    """Board, interpreter, host and settings; how far the times can be trusted."""
+    st = F["settings"]
+    m = F["machine"]
+    b = F["board"]
+    L = []
+    w = L.append
     w("## Where it ran\n")
     w("| | |\n|---|---|")
     where = ("virtual board: MicroPython unix port behind a pty, see docs/virtual-board.md"
@@ -181,11 +206,17 @@ def render(figures, pngs=PNG_NAMES):
           f"({key}, {n}: {_ms(lo)} to {_ms(hi)}).{busy} Ratios built from extrapolated totals "
           f"carry that uncertainty; measured totals average it out over their epochs, and the "
           f"two scenarios give two independent estimates of each ratio.\n")
+    return L
 
-    # ---------------------------------------------------------------- headline
+
+def _headline(F):
+    """The three time ratios at the target epochs, accuracy and kernel speedup."""
+    T = str(F["settings"]["target_epochs"])
+    P = _primary(F)
+    L = []
+    w = L.append
     w("## Headline\n")
     t = P["targets"]
-    rh = P["ratios"].get("hidden_only", {})
     names = list(F["scenarios"])
     multi = len(names) > 1
     full = P["epochs_trained"].get("lora-all", 0) >= int(T)
@@ -220,8 +251,15 @@ def render(figures, pngs=PNG_NAMES):
         k = t["kernel_speedup"]
         w(f"Fast kernel (viper, int8) against the pure-Python float kernel, {k['shape']}: "
           f"**{k['value_x']:.0f}x** per multiply-add.\n")
+    return L
 
-    # ---------------------------------------------------------------- targets
+
+def _targets(F):
+    """Each target of the issue, met or missed, per scenario."""
+    T = str(F["settings"]["target_epochs"])
+    t = _primary(F)["targets"]
+    L = []
+    w = L.append
     w("## Targets\n")
     w("Judged at the primary scenario first; the other scenarios' rows are a second, "
       "independent check (their slow runs are extrapolated, their LoRA-All accuracy at "
@@ -261,8 +299,14 @@ def render(figures, pngs=PNG_NAMES):
         w(f"| no heap growth across an epoch | all | worst {worst:+d} B per epoch, net "
           f"{net:+d} B over a run | {status} |")
     w("")
+    return L
 
-    # ---------------------------------------------------------------- time per method
+
+def _times(F):
+    """Per scenario: time per method and its ratio to LoRA-All."""
+    st = F["settings"]
+    L = []
+    w = L.append
     for name, f in F["scenarios"].items():
         w(f"## Fine-tuning time per method: {name}\n")
         w(f"{f['n_finetune']} fine-tuning samples, {f['n_test']} test samples; before "
@@ -299,8 +343,15 @@ def render(figures, pngs=PNG_NAMES):
                 f"{r[E]:.4f} ({100 * (1 - r[E]):.1f} % cut)" if E in r else "–" for E in pts)
               + " |")
         w("")
+    return L
 
-    # ---------------------------------------------------------------- accuracy
+
+def _accuracy(F):
+    """Accuracy per method at each checkpoint, beside the host reference."""
+    T = str(F["settings"]["target_epochs"])
+    st = F["settings"]
+    L = []
+    w = L.append
     w("## Accuracy per method\n")
     w("Test accuracy on the target room's second recording, from the adapters the board saved "
       "at each checkpoint (host numpy forward pass, `export.adapted_logits`). The host column "
@@ -317,8 +368,13 @@ def render(figures, pngs=PNG_NAMES):
             w(f"| {key} | " + " | ".join(_pct(accs.get(E)) for E in pts)
               + (f" | {_pct(ref.get(key))}" if ref else "") + " |")
         w("")
+    return L
 
-    # ---------------------------------------------------------------- memory and flash
+
+def _heap_flash(F):
+    """Live heap and flash written per method."""
+    L = []
+    w = L.append
     w("## Heap and flash\n")
     w("Peak live heap: the largest `gc.mem_alloc()` after `gc.collect()`, sampled after the "
       "Trainer is built and after every epoch (this build's `mem_peak` counts every "
@@ -352,8 +408,13 @@ def render(figures, pngs=PNG_NAMES):
               f"{f['adapter_bytes'][key]:,} B | {f['flash_written_bytes'][key]:,} B | "
               f"{'–' if blocks is None else blocks} |")
         w("")
+    return L
 
-    # ---------------------------------------------------------------- kernels
+
+def _kernels(F):
+    """Microseconds per multiply-add of every kernel backend."""
+    L = []
+    w = L.append
     w("## Kernels: microseconds per multiply-add\n")
     shapes = list(next(iter(F["kernel_us_per_mac_by_shape"].values())).keys())
     w("One matrix-vector product of the model's shapes, held as the model holds it (int8 "
@@ -377,8 +438,16 @@ def render(figures, pngs=PNG_NAMES):
              "ulab has no int32 to hold the fixed-point path)" if "ulab" in F["kernels_missing"]
              else "") + ".")
     w("")
+    return L
 
-    # ---------------------------------------------------------------- lower bound
+
+def _bound(F):
+    """Measured time against the arithmetic lower bound."""
+    T = str(F["settings"]["target_epochs"])
+    P = _primary(F)
+    shapes = _kernel_shapes(F)
+    L = []
+    w = L.append
     w("## Time against the arithmetic bound\n")
     w(f"Multiply-adds per sample from the reference's own counters "
       f"(`reference.count_macs`, forward + backward, frozen pass included), plus, for the "
@@ -402,13 +471,25 @@ def render(figures, pngs=PNG_NAMES):
           f"{'–' if not (meas and lb) else f'{meas / lb:.1f}x'} | {_ms(cs)} |")
     w("")
     w(bound_note(bound_ratios(P, T)) + "\n")
+    return L
 
-    # ---------------------------------------------------------------- plots
+
+def _plots(pngs):
+    L = []
+    w = L.append
     w("## Plots\n")
     for rel in pngs:
         w(f"![{Path(rel).stem}]({rel})\n")
 
-    # ---------------------------------------------------------------- real boards
+    return L
+
+
+def _real_board(F):
+    """The unix-port times projected to an RP2040."""
+    T = str(F["settings"]["target_epochs"])
+    P = _primary(F)
+    L = []
+    w = L.append
     pr = board_projection(F)
     w("## On a real board\n")
     w(f"PLATFORMS.md counts the instructions of MicroPython v1.29 on Cortex-M firmware (under "
@@ -446,6 +527,18 @@ def render(figures, pngs=PNG_NAMES):
           f"~{pr['py_factor']:.0f}x. Float runs slow down like interpreted float code "
           f"(~{pr['py_factor']:.0f}x). "
           + float_precision_note(P, T) + "\n")
+    return L
+
+
+def _board_notes(F):
+    """What moves on an RP2040 and an ESP32, and what only a board settles."""
+    T = str(F["settings"]["target_epochs"])
+    P = _primary(F)
+    b = F["board"]
+    pr = board_projection(F)
+    proj = F.get("projection_rp2040") or {}
+    L = []
+    w = L.append
     s2c = P["cache_bytes"].get("skip2lora") or 0
     s2a = P["adapter_bytes"].get("skip2lora") or 0
     budgets = F.get("budgets") or {}
@@ -479,52 +572,79 @@ def render(figures, pngs=PNG_NAMES):
           "than on this 64-bit port, so the heap figures here are on the high side); and 32-bit "
           "wrap-around in the kernels (simulated, not run). Run `make bench PORT=/dev/ttyACM0` "
           "to replace these projections with measurements.\n")
+    return L
 
-    # ---------------------------------------------------------------- closing
-    w("## Closing note\n")
-    notes = []
-    x = t.get("time_cut_product")
-    if x:
-        notes.append(f"Product comparison (each method on its best board backend): "
-                     f"{x['value_pct']:.1f} % cut at {T} epochs — "
-                     + ("the paper's 90 % is met and beaten. " if x["met"] else
-                        f"missed by {x['short_by_pt']:.1f} pt. ")
-                     + _decomposition(P, T))
-    y = t.get("time_cut_same_arithmetic")
-    if y:
-        mac_r = P["macs"]["skip2lora-float"]["total"][T] / P["macs"]["lora-all"]["total"][T] \
-            if "skip2lora-float" in P["macs"] and "lora-all" in P["macs"] else None
-        notes.append(
-            f"Same arithmetic (both in float): {y['value_pct']:.1f} % cut at {T} epochs"
-            + (" — met." if y["met"] else
-               f" — **missed by {y['short_by_pt']:.1f} pt**. Why: the method itself only "
-               f"removes the frozen pass after epoch 1; by the reference's own count "
-               + (f"Skip2-LoRA needs {100 * mac_r:.1f} % of LoRA-All's multiply-adds "
-                  f"({100 * (1 - mac_r):.1f} % cut) " if mac_r else "")
-               + f"because the rank-{st['rank']} adapter on the "
-                 f"{(P.get('dims') or ['d_1'])[0]}-wide raw input costs r·d_1 every "
-                 "epoch, and in interpreted float each sample also pays fixed per-sample "
-                 "costs (a cache record read, the softmax, the update loops) that LoRA-All "
-                 "amortises over more arithmetic. "
-               + _ceiling(P)
-               + "What would close it: keep the adapters in fixed point (the product row), "
-                 "adapters on the hidden outputs only where accuracy allows (the hidden-only "
-                 "row, at the accuracy cost in the accuracy table), or a smaller rank on the "
-                 "x1 adapter."))
-        mean = F.get("ratios_mean", {}).get("same_arithmetic", {}).get(T)
-        if mean is not None and len(F["scenarios"]) > 1:
-            ext = [f"{n}: LoRA-All {f['epochs_trained'].get('lora-all')} epochs, float "
-                   f"Skip2-LoRA {f['epochs_trained'].get('skip2lora-float')}"
-                   for n, f in F["scenarios"].items()
-                   if f["epochs_trained"].get("lora-all", 0) < int(T)]
-            notes[-1] += (f" Over all scenarios the same-arithmetic cut averages "
-                          f"{100 * (1 - mean):.1f} %"
-                          + (f" (extrapolated where fewer epochs ran: {'; '.join(ext)}; "
-                             f"timing noise moves these)" if ext else "") + ".")
+
+def _closing(F):
+    """The conclusions, each chosen by the figures: one bullet per note that applies."""
+    notes = [_product_note(F), _same_arithmetic_note(F), _hidden_only_closing(F),
+             *_accuracy_notes(F), _kernel_note(F), _heap_note(F)]
+    return ["## Closing note\n"] + [f"- {n}" for n in notes if n] + [""]
+
+
+def _product_note(F):
+    T, P = str(F["settings"]["target_epochs"]), _primary(F)
+    x = P["targets"].get("time_cut_product")
+    if not x:
+        return None
+    return (f"Product comparison (each method on its best board backend): "
+            f"{x['value_pct']:.1f} % cut at {T} epochs — "
+            + ("the paper's 90 % is met and beaten. " if x["met"] else
+               f"missed by {x['short_by_pt']:.1f} pt. ")
+            + _decomposition(P, T))
+
+
+def _same_arithmetic_note(F):
+    """The same-arithmetic cut; when missed, why, and the mean over the scenarios."""
+    T, P = str(F["settings"]["target_epochs"]), _primary(F)
+    y = P["targets"].get("time_cut_same_arithmetic")
+    if not y:
+        return None
+    mac_r = P["macs"]["skip2lora-float"]["total"][T] / P["macs"]["lora-all"]["total"][T] \
+        if "skip2lora-float" in P["macs"] and "lora-all" in P["macs"] else None
+    note = (
+        f"Same arithmetic (both in float): {y['value_pct']:.1f} % cut at {T} epochs"
+        + (" — met." if y["met"] else
+           f" — **missed by {y['short_by_pt']:.1f} pt**. Why: the method itself only "
+           f"removes the frozen pass after epoch 1; by the reference's own count "
+           + (f"Skip2-LoRA needs {100 * mac_r:.1f} % of LoRA-All's multiply-adds "
+              f"({100 * (1 - mac_r):.1f} % cut) " if mac_r else "")
+           + f"because the rank-{F['settings']['rank']} adapter on the "
+             f"{(P.get('dims') or ['d_1'])[0]}-wide raw input costs r·d_1 every "
+             "epoch, and in interpreted float each sample also pays fixed per-sample "
+             "costs (a cache record read, the softmax, the update loops) that LoRA-All "
+             "amortises over more arithmetic. "
+           + _ceiling(P)
+           + "What would close it: keep the adapters in fixed point (the product row), "
+             "adapters on the hidden outputs only where accuracy allows (the hidden-only "
+             "row, at the accuracy cost in the accuracy table), or a smaller rank on the "
+             "x1 adapter."))
+    mean = F.get("ratios_mean", {}).get("same_arithmetic", {}).get(T)
+    if mean is not None and len(F["scenarios"]) > 1:
+        ext = [f"{n}: LoRA-All {f['epochs_trained'].get('lora-all')} epochs, float "
+               f"Skip2-LoRA {f['epochs_trained'].get('skip2lora-float')}"
+               for n, f in F["scenarios"].items()
+               if f["epochs_trained"].get("lora-all", 0) < int(T)]
+        note += (f" Over all scenarios the same-arithmetic cut averages "
+                 f"{100 * (1 - mean):.1f} %"
+                 + (f" (extrapolated where fewer epochs ran: {'; '.join(ext)}; "
+                    f"timing noise moves these)" if ext else "") + ".")
+    return note
+
+
+def _hidden_only_closing(F):
+    T, P = str(F["settings"]["target_epochs"]), _primary(F)
     ab = P["accuracy_by_epoch"]
     rh = P["ratios"].get("hidden_only", {}).get(T)
     if rh is not None and T in ab.get("skip2lora-hidden", {}) and T in ab.get("skip2lora", {}):
-        notes.append(hidden_only_note(rh, ab["skip2lora-hidden"][T], ab["skip2lora"][T], T))
+        return hidden_only_note(rh, ab["skip2lora-hidden"][T], ab["skip2lora"][T], T)
+    return None
+
+
+def _accuracy_notes(F):
+    """One note per scenario where Skip2-LoRA misses LoRA-All's accuracy by more than 1 pt."""
+    T = str(F["settings"]["target_epochs"])
+    notes = []
     for sname, sf in F["scenarios"].items():
         a = sf["targets"].get("accuracy_vs_lora_all")
         if a and not a["met"]:
@@ -546,24 +666,30 @@ def render(figures, pngs=PNG_NAMES):
                 + (f" More epochs narrow it: {_pct(ab[elast])} after {elast} epochs"
                    f"{cheap}; a higher rank or a tuned learning rate are the other levers "
                    f"(not measured here)." if elast and int(elast) > int(T) else ""))
-    k = t.get("kernel_speedup")
-    if k:
-        notes.append(f"Kernel speedup {k['value_x']:.0f}x here"
-                     + (" meets the 50x target on this host; " if k["met"] else
-                        f" misses 50x by {50 - k['value_x']:.0f}x; ")
-                     + f"on Cortex-M0+ the instruction counts give ~{pr['speedup']:.0f}x for a "
-                       "plain viper loop, "
-                     + ("short of 50x: pointer increments and unrolling of the inner loop "
-                        "(fewer instructions per MAC, PLATFORMS.md) would close it, and only a "
-                        "real board can confirm." if pr["speedup"] < 50 else "above 50x."))
-    h = t.get("heap_growth")
-    if h:
-        notes.append("Heap: no growth across an epoch in any run." if h["met"] else
-                     f"Heap: grows by up to {h['worst_bytes']} B per epoch.")
-    for n_ in notes:
-        w(f"- {n_}")
-    w("")
-    return "\n".join(L)
+    return notes
+
+
+def _kernel_note(F):
+    k = _primary(F)["targets"].get("kernel_speedup")
+    if not k:
+        return None
+    pr = board_projection(F)
+    return (f"Kernel speedup {k['value_x']:.0f}x here"
+            + (" meets the 50x target on this host; " if k["met"] else
+               f" misses 50x by {50 - k['value_x']:.0f}x; ")
+            + f"on Cortex-M0+ the instruction counts give ~{pr['speedup']:.0f}x for a "
+              "plain viper loop, "
+            + ("short of 50x: pointer increments and unrolling of the inner loop "
+               "(fewer instructions per MAC, PLATFORMS.md) would close it, and only a "
+               "real board can confirm." if pr["speedup"] < 50 else "above 50x."))
+
+
+def _heap_note(F):
+    h = _primary(F)["targets"].get("heap_growth")
+    if not h:
+        return None
+    return ("Heap: no growth across an epoch in any run." if h["met"] else
+            f"Heap: grows by up to {h['worst_bytes']} B per epoch.")
 
 
 def _ceiling(P):
