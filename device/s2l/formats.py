@@ -1,4 +1,5 @@
-# Board-side reader/writer of the four file formats (spec: docs/formats.md).
+# Board-side reader/writer of the four file formats, and of the fixed path's <adapters>.state
+# that never leaves the board (spec: docs/formats.md).
 # Streaming: a file is never read whole; the header is checked (magic, version, CRC) before
 # any dim in it is trusted, and dims are checked against the limits before any allocation.
 import struct
@@ -10,6 +11,7 @@ MODEL_MAGIC = b"S2LM"
 DATASET_MAGIC = b"S2LD"
 CACHE_MAGIC = b"S2LC"
 ADAPTER_MAGIC = b"S2LA"
+STATE_MAGIC = b"S2LS"  # <adapters>.state: the fixed path's int32 masters, bit for bit
 F32, I8, I16, I32 = 0, 1, 2, 3
 ITEMSIZE = (4, 1, 2, 4)
 TYPECODE = ("f", "b", "h", "i")
@@ -257,3 +259,58 @@ def read_adapters(path):
     return {"model_crc": model_crc, "rank": rank, "n_classes": n_classes, "alpha": alpha,
             "epochs_done": epochs, "method": METHODS[method], "file_crc": file_crc,
             "adapters": adapters}
+
+
+# ------------------------------------------------------------------ <adapters>.state
+
+def state_head(adapters_crc, mantissas):
+    """magic, the adapters file's CRC (ties the state to that very file), the adapter count,
+    and each adapter's activation-scale mantissa as float32 bits (the masters' unit)."""
+    head = struct.pack("<4sII", STATE_MAGIC, adapters_crc, len(mantissas))
+    for m in mantissas:
+        head += struct.pack("<I", m)
+    return head
+
+
+def write_state(path, adapters_crc, mantissas, masters):
+    """<adapters>.state: state_head, then the int32 buffers of masters in order (raw, the
+    board's byte order: every adapter's A rows then B), CRC32 of all before it. Atomic like
+    the adapters (path + '.tmp', flushed, renamed)."""
+    head = state_head(adapters_crc, mantissas)
+    tmp = path + ".tmp"
+    f = open_write(tmp)
+    try:
+        f.write(head)
+        crc = crc32(head)
+        for buf in masters:
+            f.write(buf)
+            crc = crc32(buf, crc)
+        f.write(struct.pack("<I", crc))
+        f.flush()
+    finally:
+        f.close()
+    sync()
+    replace(tmp, path)
+
+
+def read_state(path, adapters_crc, mantissas, masters):
+    """Read <adapters>.state into the int32 buffers of masters; False (buffers undefined)
+    unless the file exists, is whole, and belongs to the adapters file with CRC adapters_crc
+    and to these mantissas."""
+    head = state_head(adapters_crc, mantissas)
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return False
+    try:
+        if f.read(len(head)) != head:
+            return False
+        crc = crc32(head)
+        for buf in masters:
+            if f.readinto(buf) != 4 * len(buf):
+                return False
+            crc = crc32(buf, crc)
+        tail = f.read(5)
+        return len(tail) == 4 and struct.unpack("<I", tail)[0] == crc
+    finally:
+        f.close()

@@ -16,7 +16,8 @@ in the twin. For the check, unpack_from gives what a board's ptr32 load gives, a
 compute with it). Their results are also compared with exact Fraction arithmetic on the host.
 
 Every kernel parameter (shifts, multipliers) has a range, clamped where it is set
-(train.py _set_scales/_batch_consts, int8forward._shifts; docs/device.md "Bounds"):
+(fixedpath.py FixedPath._set_scales/_batch_consts, int8forward._shifts; docs/device.md
+"Bounds"):
 test_trainer_parameters_stay_in_the_kernel_ranges drives the real code that sets them with
 float32 scales, lr and alpha at their extremes, test_clamps_keep_the_integers shows that a
 clamp gives the integers the unclamped parameter gives, and CASES holds each kernel's worst
@@ -142,7 +143,7 @@ def _ps(d):
 # g16 = round((p - onehot) * 16384): sum |g16| <= 2 * 16384 + C / 2.
 A16_MAX = (LIM + 32768) >> 16
 CASES = []
-# The parameter ranges, as train.py and int8forward.py clamp them (imported from the device
+# The parameter ranges, as fixedpath.py and int8forward.py clamp them (imported from the device
 # code below, and checked against these literals).
 N_RANGE = (-15, 46)     # dense_q16 shift (the kernel is exact for all of int8 N: -128..127)
 RQ_RANGE = (16, 46)     # requant8 shift
@@ -468,40 +469,39 @@ def _f32_bytes(patterns):
     return bytearray(struct.pack("<%dI" % len(patterns), *patterns))
 
 
-def _trainer(train, d0, rank, w_scales, C):
-    """A Trainer's fixed-path state as _alloc_fixed makes it, for a 2-layer model d0-C-C with
-    the weight scales w_scales on both layers' C channels, skip adapters on both layers."""
+def _fixed_path(fixedpath, d0, rank, w_scales, C):
+    """A Trainer's FixedPath as its constructor makes it, for a 2-layer model d0-C-C with the
+    weight scales w_scales on both layers' C channels, skip adapters on both layers."""
     formats = _device("formats")
-    T = train.Trainer.__new__(train.Trainer)
     lay = [types.SimpleNamespace(d_in=d, d_out=C, scale=_f32_bytes(w_scales),
                                  bias=_f32_bytes([0x7F7FFFFF, 0xFF7FFFFF, 0] + [0] * (C - 3)))
            for d in (d0, C)]
-    T.model = types.SimpleNamespace(dims=[d0, C, C], layers=lay)
-    T.rank, T.C, T.L, T.targets, T.method = rank, C, 2, [0, 1], "skip-lora"
-    T.data = types.SimpleNamespace(dtype=formats.I8)
+    model = types.SimpleNamespace(dims=[d0, C, C], n_layers=2, layers=lay)
+    data = types.SimpleNamespace(dtype=formats.I8)
     # formats.zeros fills a large array from range(n), which CPython's array('b') refuses
-    with mock.patch.object(train, "zeros", lambda t, n: array(t, [0]) * n):
-        T._alloc_fixed()
+    with mock.patch.object(fixedpath, "zeros", lambda t, n: array(t, [0]) * n):
+        T = fixedpath.FixedPath(model, data, "skip-lora", [0, 1], rank, 1.0, 1.0, 0.0, None,
+                                None, K)
     for a in T.ads:
         a.drawn = True  # the A draws are glue code (Python ints), not a kernel parameter
     return T
 
 
 def test_trainer_parameters_stay_in_the_kernel_ranges():
-    """The code that sets the kernels' parameters (Trainer._set_scales, _batch_consts), run with
+    """The code that sets the kernels' parameters (FixedPath._set_scales, _batch_consts), run with
     every float32 at an end of its range for the weight scales, the activation scales (a
     dataset's or a cache header's: any positive float32), lr and alpha, rank 1 and 64, batches
     of 1 and 2**20 samples, rows of 1..4096: each parameter lands in the range over which
     CASES checks its kernel, and the clamps are reached from both sides."""
-    train, qmath = _device("train"), _device("qmath")
-    assert (train.N_LO, train.N_HI) == N_RANGE and train.RQ_HI == RQ_RANGE[1]
-    assert (train.SHU_LO, train.SHU_HI) == SHU_RANGE
-    assert (train.SHB_LO, train.SHB_HI) == SHB_RANGE and (train.SHA_LO, train.SHA_HI) == SHA_RANGE
+    fp, qmath = _device("fixedpath"), _device("qmath")
+    assert (fp.N_LO, fp.N_HI) == N_RANGE and fp.RQ_HI == RQ_RANGE[1]
+    assert (fp.SHU_LO, fp.SHU_HI) == SHU_RANGE
+    assert (fp.SHB_LO, fp.SHB_HI) == SHB_RANGE and (fp.SHA_LO, fp.SHA_HI) == SHA_RANGE
     seen = {k: set() for k in ("n", "rq", "shu", "shb", "sha")}
-    scales = F32_ENDS + (train.SCALE_FLOOR - 1, train.SCALE_FLOOR)
+    scales = F32_ENDS + (fp.SCALE_FLOOR - 1, fp.SCALE_FLOOR)
     lrs = (1, 0x3B800000, 0x7F7FFFFF)  # the smallest subnormal, 1/256, the largest
     for d0, rank in ((1, 64), (513, 1), (4096, 2)):
-        T = _trainer(train, d0, rank, F32_ENDS, len(F32_ENDS))
+        T = _fixed_path(fp, d0, rank, F32_ENDS, len(F32_ENDS))
         for s0 in scales:
             for s1 in scales:
                 T._set_scales([s0, s1])

@@ -5,8 +5,9 @@ file stores float constants as decimal text that a board may parse one ulp off, 
 module stores them yet another way. test_fine_tune_gives_the_unix_ports_bytes shows the bytes
 agree between the unix port and both Cortex-M firmwares from .py and .mpy; no firmware here can
 be rebuilt with the package frozen in, so this test reads the source instead: the fixed path's
-modules and methods have no float literal and no true division (`/`), the one exception being
-the loss printed in progress lines (docs/device.md, "One result on every board").
+modules (fixedpath.py whole, with every FixedPath method) and the .state reader/writer in
+formats.py have no float literal and no true division (`/`), the one exception being the loss
+printed in progress lines (docs/device.md, "One result on every board").
 """
 import ast
 from pathlib import Path
@@ -14,10 +15,14 @@ from pathlib import Path
 import pytest
 
 S2L = Path(__file__).resolve().parents[2] / "device" / "s2l"
-# the fixed path's methods of Trainer (train.py)
-FIXED_METHODS = {"_alloc_fixed", "_set_scales", "_draw_a", "_batch_consts", "_load_x1_fixed",
-                 "_frozen_fixed", "_calibrate", "_step_fixed", "_softmax", "_payload",
-                 "_state_head", "_save_state", "_load_state"}
+# FixedPath's methods (fixedpath.py): all of them must be listed, so a new one is seen here
+FIXED_METHODS = {"__init__", "prepare", "frozen", "step", "payload", "adapters", "save", "load",
+                 "apply", "_mantissas", "_masters", "_set_scales", "_draw_a", "_batch_consts",
+                 "_load_x1", "_calibrate", "_softmax"}
+# the .state file's reader and writer (formats.py), which the fixed path alone uses
+STATE_FUNCTIONS = {"state_head", "write_state", "read_state"}
+# the printed loss, and the one constant it needs (ln 2**14)
+LOSS_ONLY = ("loss", "LN_16384")
 
 
 def float_ops(node, allowed_targets=()):
@@ -39,18 +44,28 @@ def float_ops(node, allowed_targets=()):
     return found
 
 
-@pytest.mark.parametrize("module", ["qmath.py", "kernels_viper.py", "kernels_py.py",
-                                    "cache.py"])
+@pytest.mark.parametrize("module", ["qmath.py", "kernels.py", "kernels_viper.py",
+                                    "kernels_py.py", "cache.py"])
 def test_integer_modules_have_no_float_arithmetic(module):
     tree = ast.parse((S2L / module).read_text())
     assert float_ops(tree) == []
 
 
-def test_trainer_fixed_path_has_no_float_arithmetic_but_the_printed_loss():
-    tree = ast.parse((S2L / "train.py").read_text())
-    trainer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
-    methods = {f.name: f for f in trainer.body if isinstance(f, ast.FunctionDef)}
-    assert FIXED_METHODS <= set(methods), FIXED_METHODS - set(methods)
-    found = {name: float_ops(methods[name], allowed_targets=("loss",))
+def test_fixed_path_has_no_float_arithmetic_but_the_printed_loss():
+    tree = ast.parse((S2L / "fixedpath.py").read_text())
+    path = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "FixedPath")
+    methods = {f.name: f for f in path.body if isinstance(f, ast.FunctionDef)}
+    assert set(methods) == FIXED_METHODS, set(methods) ^ FIXED_METHODS
+    found = {name: float_ops(methods[name], allowed_targets=LOSS_ONLY)
              for name in sorted(FIXED_METHODS)}
+    assert {k: v for k, v in found.items() if v} == {}
+    # and the whole module: its constants and helpers too
+    assert float_ops(tree, allowed_targets=LOSS_ONLY) == []
+
+
+def test_state_reader_and_writer_have_no_float_arithmetic():
+    tree = ast.parse((S2L / "formats.py").read_text())
+    funcs = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    assert STATE_FUNCTIONS <= set(funcs), STATE_FUNCTIONS - set(funcs)
+    found = {name: float_ops(funcs[name]) for name in sorted(STATE_FUNCTIONS)}
     assert {k: v for k, v in found.items() if v} == {}

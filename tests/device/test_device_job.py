@@ -192,7 +192,8 @@ try:
 except S2LError as e:
     err = str(e)
 RESULT(n=n, exact=t2.restored_exact, epochs=[t.epochs_done, t2.epochs_done],
-       same=[list(a) for a in t.ads[0].A32] == [list(a) for a in t2.ads[0].A32], err=err)
+       same=[list(a) for a in t.arith.ads[0].A32] == [list(a) for a in t2.arith.ads[0].A32],
+       err=err)
 """, fixdir)
     assert res[0] == {"n": 2, "exact": True, "epochs": [3, 3], "same": True,
                       "err": "x.s2la: restore() must come before any training"}
@@ -205,8 +206,8 @@ RESULT(n=n, exact=t2.restored_exact, epochs=[t.epochs_done, t2.epochs_done],
 # the job is held at a chosen bytecode boundary in a sleep, and the real SIGINT lands there.
 PAUSE = r"""
 import time
-import s2l.job, s2l.train
-from s2l.train import Trainer
+import s2l.job, s2l.train, s2l.formats
+from s2l.fixedpath import FixedPath
 WHERE = %r
 calls = {}
 
@@ -224,11 +225,11 @@ def spy_print(*a):
         hook("line")
 s2l.job.print = spy_print
 
-_step = Trainer._step_fixed
-def step(self, k, refresh):
+_step = FixedPath.step
+def step(self, k, nb, last):
     hook("step")
-    return _step(self, k, refresh)
-Trainer._step_fixed = step
+    return _step(self, k, nb, last)
+FixedPath.step = step
 
 _wa = s2l.train.write_adapters
 def write_adapters(*a):
@@ -239,11 +240,12 @@ def write_adapters(*a):
     return _wa(*(a[:-1] + (payload(),)))
 s2l.train.write_adapters = write_adapters
 
-_replace = s2l.train.replace  # train.py renames only the .state file
+_replace = s2l.formats.replace
 def replace(tmp, path):
-    hook("state")
+    if path.endswith(".state"):
+        hook("state")
     _replace(tmp, path)
-s2l.train.replace = replace
+s2l.formats.replace = replace
 """
 
 
@@ -301,6 +303,7 @@ def test_sigint_keeps_the_last_epoch_and_resume_finishes_it(fixdir, where, stopp
 SWEEP = r"""
 import s2l.job, s2l.train, s2l.formats, s2l.cache
 from s2l.train import Trainer
+from s2l.fixedpath import FixedPath
 
 def load(p):
     with open(p, "rb") as f:
@@ -325,15 +328,14 @@ def wrap(mod, name):
         return f(*a)
     setattr(mod, name, w)
 
-for mod, name in ((s2l.formats, "crc32"), (s2l.train, "crc32"), (s2l.cache, "crc32"),
-                  (s2l.formats, "replace"), (s2l.train, "replace"), (s2l.formats, "open_write"),
-                  (s2l.train, "open_write"), (s2l.formats, "sync"), (s2l.train, "sync")):
-    wrap(mod, name)
-_step = Trainer._step_fixed
-def step(self, k, refresh):
+for mod, name in ((s2l.formats, "crc32"), (s2l.cache, "crc32"), (s2l.formats, "replace"),
+                  (s2l.formats, "open_write"), (s2l.formats, "sync")):
+    wrap(mod, name)  # formats.py writes the .s2la and its .state
+_step = FixedPath.step
+def step(self, k, nb, last):
     hook()
-    return _step(self, k, refresh)
-Trainer._step_fixed = step
+    return _step(self, k, nb, last)
+FixedPath.step = step
 def spy_print(*a):
     lines.append(" ".join(str(x) for x in a))
     hook()
