@@ -4,11 +4,13 @@ Every command that talks to a board (flash, finetune, pull, bench) goes through 
 port selection, "port in use", board-side errors and Ctrl-C are handled in one place. A real
 board on /dev/ttyACM0 and the virtual board are driven by the same code: only the port differs.
 """
+import ast
 import hashlib
 import re
 
-from skip2lora.errors import UserError
+from skip2lora.board.calls import call_code, script_code
 from skip2lora.board.virtual import default_port
+from skip2lora.errors import UserError
 
 # Where things live on the board's filesystem (docs/formats.md names the files).
 BOARD_LIB = "/lib/s2l"
@@ -23,43 +25,6 @@ BOARD_ADAPTERS = BOARD_DIR + "/adapters.s2la"
 MPY_ARCHES = {0: None, 1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em",
               7: "armv7emsp", 8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc",
               12: "rv64imc"}
-
-_INFO_SCRIPT = """
-import sys, gc, os
-gc.collect()
-try:
-    st = os.statvfs('/')
-    fs = (st[0] * st[2], st[0] * st[3])
-except Exception:
-    fs = (0, 0)
-print(repr((sys.implementation.name, sys.implementation.version[:3],
-            getattr(sys.implementation, '_mpy', 0), sys.platform,
-            gc.mem_free() + gc.mem_alloc(), gc.mem_free(), fs[0], fs[1])))
-"""
-
-_HASH_SCRIPT = """
-try:
-    import hashlib, binascii
-except ImportError:
-    hashlib = None
-try:
-    f = open(%r, 'rb')
-except OSError:
-    print('MISSING')
-else:
-    if hashlib is None:
-        print('NOHASH')
-    else:
-        h = hashlib.sha256()
-        while True:
-            b = f.read(512)
-            if not b:
-                break
-            h.update(b)
-        print(binascii.hexlify(h.digest()).decode())
-    f.close()
-"""
-
 
 CHUNK = 2048  # bytes per raw-REPL round trip of a file transfer
 _FLASH_FULL = re.compile(r"Errno 28\b|ENOSPC|OSError: 28\b")
@@ -225,15 +190,21 @@ class BoardLink:
         except Exception:  # noqa: BLE001
             pass
 
-    def eval(self, expression):
-        import ast
+    def call(self, target, /, on_output=None, timeout=None, **kwargs):
+        """Run target(**kwargs) on the board, e.g. call("s2l.job.finetune", epochs=20, ...).
 
-        return ast.literal_eval(self.run(f"print(repr({expression}))").strip())
+        The keywords are checked against the function in device/ and must be literals
+        (skip2lora.board.calls): a wrong one is a UserError before anything is sent. Output,
+        timeout and errors as run()."""
+        return self.run(call_code(target, **kwargs), on_output=on_output, timeout=timeout)
+
+    def script(self, name, /, **kwargs):
+        """Run the board script board/scripts/<name>.py (checked like call()); return what it
+        printed."""
+        return self.run(script_code(name, **kwargs))
 
     def info(self):
-        import ast
-
-        return BoardInfo(*ast.literal_eval(self.run(_INFO_SCRIPT).strip().splitlines()[-1]))
+        return BoardInfo(*ast.literal_eval(self.script("info").strip().splitlines()[-1]))
 
     # ------------------------------------------------------------ files
 
@@ -260,7 +231,7 @@ class BoardLink:
             self.transport.enter_raw_repl(soft_reset=False)
             code = self._CLOSE + "_s2l_f = None\n"
             if tmp:
-                code += "import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass\n" % tmp
+                code += script_code("remove", path=tmp, missing_ok=True)
             self.transport.exec(code)
         except Exception:  # noqa: BLE001
             pass
@@ -326,17 +297,20 @@ class BoardLink:
 
     def file_sha256(self, path):
         """sha256 hex of a board file, or None if it does not exist."""
-        text = self.run(_HASH_SCRIPT % path).strip().splitlines()[-1]
+        text = self.script("sha256", path=path).strip().splitlines()[-1]
         if text == "NOHASH":  # CircuitPython without Wi-Fi has no hashlib: read the file back
             return sha256(self.read_file(path))
         return None if text == "MISSING" else text
 
     def makedirs(self, path):
-        self.run("import os\nd = ''\nfor p in %r.split('/'):\n if p:\n  d += '/' + p\n"
-                 "  try:\n   os.mkdir(d)\n  except OSError:\n   pass\n" % path)
+        self.script("makedirs", path=path)
 
     def listdir(self, path):
-        return self.eval(f"__import__('os').listdir({path!r})")
+        return ast.literal_eval(self.script("listdir", path=path).strip().splitlines()[-1])
+
+    def file_crc(self, path):
+        """The file_crc trailer (last 4 bytes) of a board file, without copying the file."""
+        return int(self.script("file_crc", path=path).strip().splitlines()[-1])
 
 
 def sha256(data):

@@ -7,14 +7,6 @@ from skip2lora.model.formats import write_atomic, read_adapters
 from skip2lora.board.link import BOARD_ADAPTERS, BOARD_MODEL, BoardError, BoardLink
 from skip2lora.model.peft import write_peft_dir
 
-# The model's file CRC is its last 4 bytes (docs/formats.md): no need to copy the whole model.
-_MODEL_CRC_SCRIPT = """
-import struct
-with open(%r, 'rb') as f:
-    f.seek(-4, 2)
-    print(struct.unpack('<I', f.read(4))[0])
-"""
-
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -33,7 +25,7 @@ def run(args):
         raw = link.read_file(BOARD_ADAPTERS, missing="the board holds no trained adapters yet: "
                                                      "run `skip2lora finetune` first")
         try:
-            model_crc = int(link.run(_MODEL_CRC_SCRIPT % BOARD_MODEL).strip())
+            model_crc = link.file_crc(BOARD_MODEL)  # its last 4 bytes: no need to copy it all
         except BoardError:
             raise UserError(f"the board holds adapters but no readable model at {BOARD_MODEL} "
                             f"to check them against; flash the model again", link.port) from None
