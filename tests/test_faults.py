@@ -21,7 +21,8 @@ import pytest
 from faults import (board_json, board_pause, board_run, cli, cli_popen, fault, finish,
                     install_pause, MARK, one_line_error, run_until_cut, soft_reset, wait_for)
 from skip2lora.model import formats as F
-from skip2lora.commands.finetune import job_call
+from skip2lora.board.calls import call_code
+from skip2lora.commands.finetune import job_arguments
 from skip2lora.model.compiler import compile_network
 from skip2lora.data.synthetic import make_drift
 from skip2lora.board.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_DIR, BOARD_MODEL,
@@ -116,7 +117,7 @@ def job(epochs, resume=True):
     """The board-side call `skip2lora finetune --epochs N [--resume]` makes, exactly."""
     args = argparse.Namespace(method="skip2lora", epochs=epochs, lr=0.01, batch_size=1, seed=0,
                               resume=resume, backend="auto", rank=None, targets=None)
-    return job_call(args, BOARD_DATASET)
+    return call_code("s2l.job.finetune", **job_arguments(args, BOARD_DATASET))
 
 
 PROBE = r"""

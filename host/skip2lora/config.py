@@ -31,7 +31,8 @@ class FinetuneConfig:
     alpha: float = field(default=None, metadata={
         "help": "LoRA alpha; adapters are scaled by alpha/r (default: r, scale 1)"})
     lr: float = field(default=0.01, metadata={"help": "SGD learning rate"})
-    epochs: int = field(default=20, metadata={"help": "epochs to train"})
+    epochs: int = field(default=20, metadata={
+        "help": "epochs to train (in total: with --resume, counting those already done)"})
     batch_size: int = field(default=1, metadata={"help": "samples per SGD step"})
     momentum: float = field(default=0.0, metadata={
         "help": "SGD momentum (the board's fixed-point path takes 0 only)"})
@@ -42,8 +43,8 @@ class FinetuneConfig:
                 "cheaper), or 0-based layer indexes like 0,2"})
     shuffle: bool = field(default=True, metadata={"help": "reshuffle the samples every epoch"})
     backend: str = field(default="auto", metadata={
-        "help": "board arithmetic: fixed-point viper (fast), pure Python, or float "
-                "(the host reference is float64 whatever this says)", "choices": BACKENDS})
+        "help": "board arithmetic: fixed-point viper (fast), pure Python, or float",
+        "choices": BACKENDS})
     dataset_dtype: str = field(default="int8", metadata={
         "help": "how the fine-tuning samples are packed on the board (int8: 4x less flash)",
         "choices": DATASET_DTYPES})

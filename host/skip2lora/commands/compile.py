@@ -9,6 +9,8 @@ import numpy as np
 from skip2lora.model import compiler
 from skip2lora.board import budget
 from skip2lora.board.profiles import BOARDS, get_board
+from skip2lora.commands.common import add_config_arguments
+from skip2lora.config import FinetuneConfig
 from skip2lora.errors import UserError
 from skip2lora.model.formats import write_model
 from skip2lora.model.importers import import_model
@@ -25,20 +27,15 @@ def register(subparsers):
     parser.add_argument("--dtype", choices=compiler.DTYPES, default="f32",
                         help="frozen weight storage: f32 (exact) or int8 (per-channel scales, "
                              "4x smaller, small accuracy change); default f32")
-    parser.add_argument("--rank", type=int, default=4, help="adapter rank r (default 4)")
-    parser.add_argument("--alpha", type=float, default=None,
-                        help="LoRA alpha; adapters are scaled by alpha/r (default: r, scale 1)")
-    parser.add_argument("--targets", default="all",
-                        help="layer inputs that get a skip adapter: all (x1..xL), hidden "
-                             "(x2..xL, cheaper), or 0-based layer indexes like 0,2 (default all)")
+    add_config_arguments(parser, FinetuneConfig, ("rank", "alpha", "targets"))
     parser.add_argument("--board", help="board to budget for (see `skip2lora boards`); "
                                         "refuses a model that does not fit")
     parser.add_argument("--samples", type=int, default=budget.DEFAULT_SAMPLES,
                         help=f"fine-tuning samples to budget flash for "
                              f"(default {budget.DEFAULT_SAMPLES})")
-    parser.add_argument("--dataset-dtype", choices=("int8", "f32"), default="int8",
-                        help="how the fine-tuning samples will be packed on the board, for the "
-                             "flash budget (default int8)")
+    add_config_arguments(parser, FinetuneConfig, ("dataset_dtype",), dataset_dtype=dict(
+        help="how the fine-tuning samples will be packed on the board, for the flash budget "
+             "(default int8)"))
     parser.add_argument("--test-data", metavar="FILE.npz",
                         help="labelled samples (arrays x, y) to report the accuracy of the "
                              "compiled model, float and int8")

@@ -9,14 +9,17 @@ import math
 import sys
 from pathlib import Path
 
-from skip2lora.commands.common import add_port_argument
+from skip2lora.board.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_MODEL,
+                                  BoardInterrupted, BoardLink, parse_progress, sha256)
+from skip2lora.commands.common import add_config_arguments, add_port_argument
+from skip2lora.config import BOARD_METHODS, FinetuneConfig
 from skip2lora.data.files import load_labelled
 from skip2lora.errors import UserError
 from skip2lora.model.formats import DTYPE_F32, DTYPE_I8, dataset_from_arrays, encode_dataset, read_model
-from skip2lora.board.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_MODEL,
-                            BoardInterrupted, BoardLink, parse_progress, sha256)
 
-METHODS = ("skip2lora", "skip-lora", "lora-all", "ft-last")
+# The FinetuneConfig fields that are options of `finetune` (their help and defaults are there).
+OPTIONS = ("method", "epochs", "lr", "batch_size", "rank", "seed", "targets", "dataset_dtype",
+           "backend")
 MODEL_MISSING = "flash a model first: skip2lora flash MODEL.s2lm"
 EPOCH_SILENCE_S = 3600  # longest an epoch may run without a line before the board counts as lost
 
@@ -34,19 +37,13 @@ def register(subparsers):
     parser.add_argument("--model", default=None,
                         help="the .s2lm that was flashed, to check the data against it before "
                              "uploading (default: read it back from the board)")
-    parser.add_argument("--method", choices=METHODS, default="skip2lora")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--rank", type=int, default=None, help="adapter rank (default: the model's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--targets", default=None,
-                        help="layer inputs with a skip adapter: all, hidden, or 0-based indexes "
-                             "like 0,2 (default: what the model was compiled with)")
-    parser.add_argument("--dataset-dtype", choices=("int8", "f32"), default="int8",
-                        help="how samples are packed on the board (int8: 4x less flash)")
-    parser.add_argument("--backend", choices=("auto", "viper", "python", "float"), default="auto",
-                        help="board arithmetic: fixed-point viper (fast), pure Python, or float")
+    add_config_arguments(
+        parser, FinetuneConfig, OPTIONS,
+        method=dict(choices=BOARD_METHODS),
+        rank=dict(default=None, help="adapter rank (default: the model's)"),
+        targets=dict(default=None,
+                     help="layer inputs with a skip adapter: all, hidden, or 0-based indexes "
+                          "like 0,2 (default: what the model was compiled with)"))
     parser.add_argument("--resume", action="store_true",
                         help="continue from the adapters saved on the board")
     parser.set_defaults(run=run)
@@ -86,7 +83,8 @@ def board_lr(lr):
     return math.ldexp(math.floor(m * 32768 + 0.5), e - 15)
 
 
-def job_call(args, data_path):
+def job_arguments(args, data_path):
+    """The keywords of s2l.job.finetune for these options (link.call checks them)."""
     opts = dict(model=BOARD_MODEL, data=data_path, adapters=BOARD_ADAPTERS, cache=BOARD_CACHE,
                 method=args.method, epochs=args.epochs, lr=board_lr(args.lr),
                 batch_size=args.batch_size,
@@ -96,7 +94,7 @@ def job_call(args, data_path):
         opts["rank"] = args.rank
     if args.targets:
         opts["targets"] = board_targets(args.targets)
-    return "import s2l.job\ns2l.job.finetune(%s)\n" % ", ".join(f"{k}={v!r}" for k, v in opts.items())
+    return opts
 
 
 class Progress:
@@ -183,7 +181,8 @@ def run(args):
               f"batch {args.batch_size}, seed {args.seed}")
         progress = Progress(args.epochs)
         try:
-            link.run(job_call(args, data_path), on_output=progress.feed, timeout=EPOCH_SILENCE_S)
+            link.call("s2l.job.finetune", on_output=progress.feed, timeout=EPOCH_SILENCE_S,
+                      **job_arguments(args, data_path))
         except BoardInterrupted:
             progress.close()
             done = progress.stopped
