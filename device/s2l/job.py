@@ -9,12 +9,13 @@
 #   S2L done=<n> adapters=<path>
 import gc
 
+from . import config
 from .compat import S2LError, exists, remove
 from .formats import read_adapters
 from .model import Model
 from .train import Trainer
 
-BACKENDS = {"auto": None, "python": "py"}  # the host's --backend names -> Trainer's
+TRAINER_BACKEND = {"auto": None, "python": "py"}  # the host's --backend names -> Trainer's
 
 
 def _flash_full(e):
@@ -31,11 +32,12 @@ def _epochs_on_flash(path):
         return 0
 
 
-def finetune(model, data, adapters, cache=None, method="skip2lora", epochs=20, lr=0.01,
-             batch_size=1, seed=0, resume=False, backend=None, rank=None, momentum=0.0,
-             targets=None):
+def finetune(model, data, adapters, cache=None, method=config.METHOD, epochs=config.EPOCHS,
+             lr=config.LR, batch_size=config.BATCH_SIZE, seed=config.SEED, resume=False,
+             backend=config.BACKEND, rank=None, momentum=config.MOMENTUM, targets=None):
     """Fine-tune to `epochs` epochs in total (with resume=True, counting those already in
-    `adapters`); returns the epochs done. Errors are S2LError with a one-line message."""
+    `adapters`); returns the epochs done. Errors are S2LError with a one-line message.
+    Defaults are the host's (s2l.config); rank and targets None: the model's."""
     t = None
     shown = [0]  # the last epoch whose line was printed
 
@@ -50,7 +52,7 @@ def finetune(model, data, adapters, cache=None, method="skip2lora", epochs=20, l
         m = Model(model)
         stage = "trainer"
         t = Trainer(m, data, method=method, rank=rank, lr=lr, batch_size=batch_size,
-                    momentum=momentum, seed=seed, backend=BACKENDS.get(backend, backend),
+                    momentum=momentum, seed=seed, backend=TRAINER_BACKEND.get(backend, backend),
                     cache=cache, targets=targets, log=log)
         if resume and exists(adapters):
             stage = "restore"
