@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from skip2lora.bench import run as bench, report as bench_report
+from skip2lora.board.virtual import open_image
 from skip2lora.model.compiler import compile_network
 from skip2lora.data.synthetic import make_drift
 from skip2lora.model.formats import read_model, write_model
@@ -225,6 +226,16 @@ def test_committed_benchmarks_recompute():
     committed report's tables hold them (tests/test_reports.py checks the whole text)."""
     f = json.loads((ROOT / "docs" / "BENCHMARKS.json").read_text())
     check_bench_numbers(f, (ROOT / "docs" / "BENCHMARKS.md").read_text())
+
+
+def test_the_bench_extension_is_deployed_beside_s2l_not_inside_it(figures):
+    """`skip2lora bench` uploads s2l_bench into its own folder (.mpy for the board's arch);
+    the s2l package itself carries no bench module."""
+    _, _, d, lines = figures
+    fs = open_image(d / "work" / "vboard" / "flash.img")
+    assert fs.listdir("/lib/s2l_bench") == ["__init__.mpy"]
+    assert not any("bench" in name for name in fs.listdir("/lib/s2l"))
+    assert any("bench extension: 1" in line for line in lines)
 
 
 def test_bench_command_is_registered():

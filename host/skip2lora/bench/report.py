@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from skip2lora.bench.run import (BLOCK, COMPARISONS, ESP32_MHZ, FLASH_MS_PER_BLOCK,
-                                 M0_PY_FLOAT_US, M0_VIPER_INT8_US, RP2040_MHZ, RUNS,
-                                 board_projection)
+from skip2lora.bench.projection import (ESP32_MHZ, FLASH_MS_PER_BLOCK, M0_PY_FLOAT_US,
+                                        M0_VIPER_INT8_US, RP2040_MHZ, SECTOR, board_projection)
+from skip2lora.bench.plots import PNG_NAMES, plot
+from skip2lora.bench.run import COMPARISONS, RUNS
 from skip2lora.model.formats import write_atomic
 
 
@@ -33,89 +34,6 @@ def _ms(x):
 
 def _spread(xs):
     return f"({_ms(min(xs))} – {_ms(max(xs))})" if xs else ""
-
-
-def plot(figures, outdir):
-    """docs/bench_time.png, docs/bench_accuracy.png; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    names = list(figures["scenarios"])
-    colors = {k: plt.cm.tab10(i) for i, k in enumerate(RUNS)}
-    points = [str(E) for E in figures["settings"]["epoch_points"]]
-    emax = max(figures["settings"]["epoch_points"])
-    paths = []
-    fig, axes = plt.subplots(1, len(names), figsize=(6.2 * len(names), 4.4), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        f = figures["scenarios"][name]
-        for key, em in f["epoch_ms"].items():
-            ems, later = em["all"], em["later"]
-            cum = [em["setup"]]
-            for e in range(1, emax + 1):
-                cum.append(cum[-1] + (ems[e - 1] if e <= len(ems) else (later or 0)))
-            cum = np.array(cum) / 1000
-            xs = np.arange(0, emax + 1)
-            n = len(ems)
-            ax.plot(xs[:n + 1], cum[:n + 1], label=key, lw=1.8, color=colors[key])
-            if n < emax and later:
-                ax.plot(xs[n:], cum[n:], ls="--", color=colors[key], lw=1.2)
-        ax.set_yscale("log")
-        ax.set_xlabel("epochs")
-        ax.set_ylabel("cumulative fine-tuning time on the board (s)")
-        ax.set_title(f"{name} ({f['n_finetune']} samples); dashed = extrapolated", fontsize=9)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    p = outdir / "bench_time.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
-
-    fig, axes = plt.subplots(1, len(names), figsize=(6.2 * len(names), 4.4), squeeze=False)
-    shades = plt.cm.Blues(np.linspace(0.35, 0.95, len(points)))
-    for ax, name in zip(axes[0], names):
-        f = figures["scenarios"][name]
-        keys = list(f["accuracy_by_epoch"])
-        odd = {k: f["epochs_trained"][k] for k in keys if str(f["epochs_trained"][k]) not in points}
-        groups = points + (["last"] if odd else [])
-        width = 0.8 / len(groups)
-        for j, E in enumerate(groups):
-            xs = [i - 0.4 + (j + 0.5) * width for i in range(len(keys))]
-            if E == "last":
-                vals = [100 * f["accuracy"][k] if k in odd else np.nan for k in keys]
-                ax.bar(xs, vals, width, color="0.75", hatch="//", label="board, last epoch run")
-                for x, k in zip(xs, keys):
-                    if k in odd:
-                        ax.text(x, 100 * f["accuracy"][k] + 1, f"{odd[k]}", ha="center",
-                                fontsize=6)
-                continue
-            vals = [100 * f["accuracy_by_epoch"][k].get(E, np.nan) for k in keys]
-            ax.bar(xs, vals, width, color=shades[j], label=f"board, {E} ep")
-        ref = f.get("reference_accuracy") or {}
-        if ref:
-            T = str(figures["settings"]["target_epochs"])
-            ax.plot(range(len(keys)), [100 * ref.get(k, np.nan) for k in keys], "k_", ms=14,
-                    mew=2, label=f"host reference, {T} ep")
-        ax.axhline(100 * f["baseline_accuracy"], color="crimson", ls=":",
-                   label=f"before fine-tuning {100 * f['baseline_accuracy']:.1f} %")
-        ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, 105)
-        ax.set_ylabel("test accuracy, target room's 2nd recording (%)")
-        ax.set_title(f"{name}: accuracy after fine-tuning on the board", fontsize=9)
-        ax.legend(fontsize=7, loc="lower left", ncol=2)
-    fig.tight_layout()
-    p = outdir / "bench_accuracy.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
-    return paths
-
-
-PNG_NAMES = ("bench_time.png", "bench_accuracy.png")
 
 
 def report(figures, path, png_dir=None, plots=True):
@@ -159,7 +77,7 @@ def _intro(F):
       + (f" (with local changes to {', '.join(src['modified'])})" if src.get("modified") else "")
       + "; every figure is in BENCHMARKS.json beside this file. Do not edit by hand.\n")
     w("Every time below was measured **on the board** with its own `time.ticks_us`: each "
-      "method fine-tunes the compiled int8 model on the board (`device/s2l/bench.py`, the "
+      "method fine-tunes the compiled int8 model on the board (`device/s2l-bench`, the "
       "real `s2l.Trainer`), after a soft reset, with the dataset and Skip-Cache in the "
       "board's flash filesystem. The host uploads, starts the run over the raw REPL, pulls "
       "the adapters back and scores them on the target room's held-out recording.\n")
@@ -553,8 +471,8 @@ def _board_notes(F):
       f"are proved against an int32 simulation (tests/device/test_device_int32_bounds.py), "
       f"not by this run. Flash: QSPI NOR erases a 4 KB sector in ~45 ms and programs a 256 B "
       f"page in ~0.4 ms (W25Q16 typicals), so writing Skip2-LoRA's {s2c:,} B int8 cache adds "
-      f"~{math.ceil(s2c / BLOCK) * FLASH_MS_PER_BLOCK / 1000:.1f} s to its first epoch and "
-      f"each {s2a:,} B adapter save ~{math.ceil(s2a / BLOCK) * FLASH_MS_PER_BLOCK:.0f} ms "
+      f"~{math.ceil(s2c / SECTOR) * FLASH_MS_PER_BLOCK / 1000:.1f} s to its first epoch and "
+      f"each {s2a:,} B adapter save ~{math.ceil(s2a / SECTOR) * FLASH_MS_PER_BLOCK:.0f} ms "
       f"(included in the projection); cache reads are memory-mapped (XIP) and cheap.")
     w(f"- **ESP32 ({ESP32_MHZ:.0f} MHz Xtensa LX6, FPU single only, 32-bit ints).** Roughly "
       f"{ESP32_MHZ / RP2040_MHZ:.1f}x the RP2040 by clock for the same instruction count, "

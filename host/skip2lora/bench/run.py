@@ -1,9 +1,10 @@
 """`skip2lora bench`: Skip2-LoRA against its baselines, timed on the board itself.
 
 Every method fine-tunes on the board (the virtual board by default, a real one with a port),
-timed by the board's own `time.ticks_us` in device/s2l/bench.py. The host only uploads, starts
-each run through the raw REPL, pulls the adapters back and scores them on the target room's
-held-out recording with the numpy forward pass of the reference (export.adapted_logits).
+timed by the board's own `time.ticks_us` in the s2l_bench extension (device/s2l-bench/), which
+only this command uploads, beside s2l. The host only uploads, starts each run through the raw
+REPL, pulls the adapters back and scores them on the target room's held-out recording with the
+numpy forward pass of the reference (export.adapted_logits).
 
 What is measured and what is computed (docs/BENCHMARKS.md says it again beside the figures):
   * epoch times: measured for every epoch a run trains. A total for E epochs is measured when
@@ -16,8 +17,8 @@ What is measured and what is computed (docs/BENCHMARKS.md says it again beside t
   * kernels: us per multiply-add of one matrix-vector product per backend, on the board, and
     the same products in numpy on this machine's CPython (the "C speed" reference).
 """
+import contextlib
 import json
-import math
 import os
 import platform
 import time
@@ -26,9 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
+from skip2lora.bench.projection import board_budgets, project_rp2040
+from skip2lora.board import deploy
+from skip2lora.board.link import (BOARD_CACHE, BOARD_DATASET, BOARD_DIR, BOARD_MODEL, BoardLink,
+                                  parse_progress, sha256)
+from skip2lora.board.virtual import VirtualBoard
 from skip2lora.errors import UserError
-from skip2lora.training.experiments import source_revision
 from skip2lora.metrics import accuracy
+from skip2lora.model.export import adapted_logits
+from skip2lora.model.formats import (DTYPE_I8, dataset_from_arrays, decode_adapters,
+                                     encode_dataset, read_model)
+from skip2lora.training.experiments import prepare, source_revision
+from skip2lora.training.reference import FinetuneConfig, count_macs, finetune
 
 EPOCH_POINTS = (1, 5, 20, 50)
 TARGET_EPOCHS = 20  # the issue's targets are stated at 20 epochs
@@ -129,8 +139,6 @@ class BenchScenario:
 
 def cooling_fan_scenarios(names, workdir, log=print):
     """Pre-train in silentA and compile to int8 (experiments.prepare), per scenario."""
-    from skip2lora.training.experiments import prepare
-
     out = []
     for name in names:
         p = prepare(name, Path(workdir) / "models", dtype="int8", log=log)
@@ -206,8 +214,6 @@ class _Lines:
         self.on_epoch = on_epoch
 
     def feed(self, chunk):
-        from skip2lora.board.link import parse_progress
-
         self.pending += chunk
         while b"\n" in self.pending:
             line, self.pending = self.pending.split(b"\n", 1)
@@ -253,7 +259,8 @@ class _ImageWatch:
 def board_kernels(link, shapes, min_us, log=print):
     soft_reset(link)
     lines = _Lines()
-    code = "from s2l import bench\nbench.kernels(%r, %d)\n" % ([list(s) for s in shapes], min_us)
+    code = "import s2l_bench as bench\nbench.kernels(%r, %d)\n" % ([list(s) for s in shapes],
+                                                                  min_us)
     link.run(code, on_output=lines.feed, timeout=600)
     out, missing = {}, []
     for r in lines.results:
@@ -273,12 +280,10 @@ def _checkpoints(epochs, points):
 
 def board_run(link, spec, epochs, config, scenario_name, image_watch, log=print):
     """One method on the board: setup, per-epoch us, heap samples, checkpoint adapters."""
-    from skip2lora.board.link import BOARD_CACHE, BOARD_DATASET, BOARD_DIR, BOARD_MODEL
-
     save_at = _checkpoints(epochs, config.epoch_points)
     adapters = BOARD_DIR + "/bench_e%d.s2la"
     call = (
-        "from s2l import bench\nbench.train(%r, %r, method=%r, backend=%r, targets=%r, "
+        "import s2l_bench as bench\nbench.train(%r, %r, method=%r, backend=%r, targets=%r, "
         "epochs=%d, lr=%r, rank=%d, seed=%d, cache=%r, adapters=%r, save_at=%r)\n"
         % (BOARD_MODEL, BOARD_DATASET, spec.method, spec.backend, spec.targets, epochs,
            config.lr, config.rank, config.seed,
@@ -317,18 +322,12 @@ def board_run(link, spec, epochs, config, scenario_name, image_watch, log=print)
 
 def _open_board(port, workdir, config):
     """(context manager yielding (link, image path or None))."""
-    import contextlib
-
-    from skip2lora.board.link import BoardLink
-
     @contextlib.contextmanager
     def opened():
         if port:
             with BoardLink(port) as link:
                 yield link, None
             return
-        from skip2lora.board.virtual import VirtualBoard
-
         vdir = Path(workdir) / "vboard"
         vdir.mkdir(parents=True, exist_ok=True)
         image = vdir / "flash.img"
@@ -367,8 +366,6 @@ def calibration_macs(dims):
 
 
 def method_macs(net, spec, rank, points, dims, n):
-    from skip2lora.training.reference import count_macs
-
     c = count_macs(net, spec.method, rank, spec.targets or "all", 2)
     first = c["first_epoch"]["forward"] + c["first_epoch"]["backward"]
     later = c["later_epoch"]["forward"] + c["later_epoch"]["backward"]
@@ -387,17 +384,12 @@ def kernel_for(spec, backend):
 
 
 def accuracy_of(model, adapter_bytes, X, y):
-    from skip2lora.model.export import adapted_logits
-    from skip2lora.model.formats import decode_adapters
-
     af = decode_adapters(adapter_bytes)
     return accuracy(adapted_logits(model, af, X), y)
 
 
 def reference_accuracy(net, X, y, Xt, yt, spec, config, epochs):
     """Host numpy float64, same lr / seed / order / data as the board (reference.finetune)."""
-    from skip2lora.training.reference import FinetuneConfig, finetune
-
     cfg = FinetuneConfig(method=spec.method, rank=config.rank, lr=config.lr, epochs=epochs,
                          seed=config.seed, targets=spec.targets or "all")
     res = finetune(net, X, y, cfg)
@@ -415,77 +407,91 @@ def trainable(net, spec, rank):
     return sum(rank * (dims[i] + C) for i in layers)
 
 
+PER_RUN = ("runs", "accuracy", "accuracy_by_epoch", "epoch_ms", "total_ms", "heap_peak_bytes",
+           "heap_trainer_bytes", "heap_growth_bytes", "heap_epoch1_bytes",
+           "heap_net_growth_bytes", "flash_written_bytes", "cache_bytes", "adapter_bytes",
+           "flash_blocks_changed", "macs", "lower_bound_ms", "c_speed_ms", "trainable_params",
+           "epochs_trained", "backend")
+RAW_KEPT = ("setup_us", "epoch_us", "heap_base", "heap_built", "heap_before", "heap_after",
+            "heap_total", "cache_bytes", "cache_built", "losses", "train_acc", "cache_reads",
+            "wall_s", "host_load")
+
+
 def scenario_figures(sc, runs, config, kernels_us):
     """Every per-scenario figure from the raw board results."""
-    from skip2lora.model.formats import read_model
-
     model = read_model(sc.model_path)
     net = model.to_network()
-    dims = list(model.dims)
-    X, y = sc.finetune
     Xt, yt = sc.test
-    n = len(y)
-    points = config.epoch_points
-    f = {"name": sc.name, "n_finetune": n, "n_test": len(yt), "notes": sc.notes, "dims": dims,
-         "baseline_accuracy": accuracy(net.forward(np.asarray(Xt, np.float64)), yt),
-         "runs": {}, "accuracy": {}, "accuracy_by_epoch": {}, "epoch_ms": {}, "total_ms": {},
-         "heap_peak_bytes": {}, "heap_trainer_bytes": {}, "heap_growth_bytes": {},
-         "heap_epoch1_bytes": {}, "heap_net_growth_bytes": {},
-         "flash_written_bytes": {}, "cache_bytes": {}, "adapter_bytes": {},
-         "flash_blocks_changed": {}, "macs": {}, "lower_bound_ms": {}, "c_speed_ms": {},
-         "trainable_params": {}, "epochs_trained": {}, "backend": {}}
+    f = {"name": sc.name, "n_finetune": len(sc.finetune[1]), "n_test": len(yt),
+         "notes": sc.notes, "dims": list(model.dims),
+         "baseline_accuracy": accuracy(net.forward(np.asarray(Xt, np.float64)), yt)}
+    f.update({name: {} for name in PER_RUN})
     for key, res in runs.items():
-        spec = RUNS[key]
-        ems = [u / 1000 for u in res["epoch_us"]]
-        setup = res["setup_us"] / 1000
-        f["epochs_trained"][key] = len(ems)
-        f["backend"][key] = res["backend"]
-        f["trainable_params"][key] = trainable(net, spec, config.rank)
-        f["epoch_ms"][key] = {"first": ems[0], "later": _mean(ems[1:]), "setup": setup,
-                              "all": ems}
-        f["total_ms"][key] = totals(setup, ems, points)
-        accs = {str(e): accuracy_of(model, b, Xt, yt) for e, b in res["adapters"].items()}
-        f["accuracy_by_epoch"][key] = accs
-        f["accuracy"][key] = accs[str(len(ems))]
-        live = [res["heap_built"]] + res["heap_before"] + res["heap_after"]
-        f["heap_peak_bytes"][key] = max(live)
-        f["heap_trainer_bytes"][key] = max(live) - res["heap_base"]
-        # growth across an epoch: live heap after epoch e minus before it, for e >= 2 (epoch
-        # 1 builds or opens the cache); the largest over the run
-        grow = [a - b for a, b in zip(res["heap_after"][1:], res["heap_before"][1:])]
-        f["heap_growth_bytes"][key] = max(grow) if grow else None
-        after = res["heap_after"]
-        f["heap_net_growth_bytes"][key] = after[-1] - after[1] if len(after) >= 3 else None
-        f["heap_epoch1_bytes"][key] = res["heap_after"][0] - res["heap_before"][0]
-        last_save = res["saves"][-1][3]
-        f["adapter_bytes"][key] = last_save
-        f["cache_bytes"][key] = res["cache_bytes"]
-        f["flash_written_bytes"][key] = res["cache_bytes"] + last_save
-        f["flash_blocks_changed"][key] = res["flash_blocks_changed"]
-        macs = method_macs(net, spec, config.rank, points, dims, n)
-        f["macs"][key] = macs
-        kern = kernel_for(spec, res["backend"])
-        us_mac = kernels_us.get("board", {}).get(kern, {}).get("%dx%d" % tuple(
-            config.kernel_shapes[0]))
-        c_mac = kernels_us.get("host", {}).get("numpy-f32", {}).get("%dx%d" % tuple(
-            config.kernel_shapes[0]))
-        f["lower_bound_ms"][key] = ({E: m * us_mac / 1000 for E, m in macs["total"].items()}
-                                    if us_mac else None)
-        f["c_speed_ms"][key] = ({E: m * c_mac / 1000 for E, m in macs["total"].items()}
-                                if c_mac else None)
-        f["runs"][key] = {k: res[k] for k in (
-            "setup_us", "epoch_us", "heap_base", "heap_built", "heap_before", "heap_after",
-            "heap_total", "cache_bytes", "cache_built", "losses", "train_acc", "cache_reads",
-            "wall_s", "host_load")}
-        f["runs"][key]["saves"] = [s[:1] + s[2:] for s in res["saves"]]
-    f["ratios"] = {}
-    if "lora-all" in f["total_ms"]:
-        base = f["total_ms"]["lora-all"]
-        for name, (key, _) in COMPARISONS.items():
-            if key in f["total_ms"]:
-                f["ratios"][name] = {E: f["total_ms"][key][E]["ms"] / base[E]["ms"]
-                                     for E in base if E in f["total_ms"][key]}
+        for name, value in run_figures(RUNS[key], res, model, net, sc, config,
+                                       kernels_us).items():
+            f[name][key] = value
+    f["ratios"] = ratios(f["total_ms"])
     return f, net, model
+
+
+def run_figures(spec, res, model, net, sc, config, kernels_us):
+    """The figures of one board run: times, accuracy per checkpoint, heap, flash, MACs."""
+    Xt, yt = sc.test
+    ems = [u / 1000 for u in res["epoch_us"]]
+    setup = res["setup_us"] / 1000
+    accs = {str(e): accuracy_of(model, b, Xt, yt) for e, b in res["adapters"].items()}
+    macs = method_macs(net, spec, config.rank, config.epoch_points, list(model.dims),
+                       len(sc.finetune[1]))
+    last_save = res["saves"][-1][3]
+    out = {"epochs_trained": len(ems), "backend": res["backend"],
+           "trainable_params": trainable(net, spec, config.rank),
+           "epoch_ms": {"first": ems[0], "later": _mean(ems[1:]), "setup": setup, "all": ems},
+           "total_ms": totals(setup, ems, config.epoch_points),
+           "accuracy_by_epoch": accs, "accuracy": accs[str(len(ems))],
+           "adapter_bytes": last_save, "cache_bytes": res["cache_bytes"],
+           "flash_written_bytes": res["cache_bytes"] + last_save,
+           "flash_blocks_changed": res["flash_blocks_changed"], "macs": macs,
+           "runs": {**{k: res[k] for k in RAW_KEPT},
+                    "saves": [s[:1] + s[2:] for s in res["saves"]]}}
+    out.update(heap_figures(res))
+    out.update(bound_figures(macs, kernel_for(spec, res["backend"]), config, kernels_us))
+    return out
+
+
+def heap_figures(res):
+    """Peak live heap, the Trainer's share, and its growth across an epoch."""
+    live = [res["heap_built"]] + res["heap_before"] + res["heap_after"]
+    # growth across an epoch: live heap after epoch e minus before it, for e >= 2 (epoch
+    # 1 builds or opens the cache); the largest over the run
+    grow = [a - b for a, b in zip(res["heap_after"][1:], res["heap_before"][1:])]
+    after = res["heap_after"]
+    return {"heap_peak_bytes": max(live), "heap_trainer_bytes": max(live) - res["heap_base"],
+            "heap_growth_bytes": max(grow) if grow else None,
+            "heap_net_growth_bytes": after[-1] - after[1] if len(after) >= 3 else None,
+            "heap_epoch1_bytes": res["heap_after"][0] - res["heap_before"][0]}
+
+
+def bound_figures(macs, kernel, config, kernels_us):
+    """The run's multiply-adds timed at the board kernel's and at numpy's speed."""
+    shape = "%dx%d" % tuple(config.kernel_shapes[0])
+    us_mac = kernels_us.get("board", {}).get(kernel, {}).get(shape)
+    c_mac = kernels_us.get("host", {}).get("numpy-f32", {}).get(shape)
+    return {"lower_bound_ms": ({E: m * us_mac / 1000 for E, m in macs["total"].items()}
+                               if us_mac else None),
+            "c_speed_ms": ({E: m * c_mac / 1000 for E, m in macs["total"].items()}
+                           if c_mac else None)}
+
+
+def ratios(total_ms):
+    """Each comparison's total time over LoRA-All's, at every epoch count both have."""
+    out = {}
+    if "lora-all" in total_ms:
+        base = total_ms["lora-all"]
+        for name, (key, _) in COMPARISONS.items():
+            if key in total_ms:
+                out[name] = {E: total_ms[key][E]["ms"] / base[E]["ms"]
+                             for E in base if E in total_ms[key]}
+    return out
 
 
 def largest_common_e(fig, a, b):
@@ -544,10 +550,6 @@ def assess(fig, kern, config):
 
 def run(config, scenarios, port=None, workdir="out/bench", log=print):
     """Run the benchmark; returns every figure as one JSON-ready dict."""
-    from skip2lora.board import deploy
-    from skip2lora.model.formats import DTYPE_I8, dataset_from_arrays, encode_dataset, read_model
-    from skip2lora.board.link import BOARD_DATASET, BOARD_MODEL, sha256
-
     started = time.time()
     source = source_revision()  # before the device package is read and uploaded
     workdir = Path(workdir)
@@ -557,60 +559,97 @@ def run(config, scenarios, port=None, workdir="out/bench", log=print):
         f"{platform.python_version()})")
     kern = {"host": host_kernels(config.kernel_shapes, batch=len(scenarios[0].finetune[1]),
                                  min_s=0.005 if config.quick else 0.02)}
-    raw = {}
-    with _open_board(port, workdir, config) as (link, image):
-        info = link.info()
-        board = {"port": "virtual board" if image else link.port, "virtual": bool(image),
-                 "describe": info.describe(), "name": info.name,
-                 "version": ".".join(map(str, info.version)), "platform": info.platform,
-                 "arch": info.arch, "heap_total": info.heap_total, "fs_total": info.fs_total}
-        log(f"board: {info.describe()}")
-        uploads = deploy.package_uploads(info)
-        log(f"device package: {len(uploads)} files "
-            f"({'.mpy for ' + info.arch if deploy.can_use_mpy(info) else '.py'})")
-        deploy.sync(link, uploads, log=lambda *_: None)
-        log("kernel microbenchmark on the board")
-        kern["board"], kern["missing"] = board_kernels(link, config.kernel_shapes,
-                                                       config.kernel_min_us, log)
-        watch = _ImageWatch(image)
-        for i, sc in enumerate(scenarios):
-            X, y = sc.finetune
-            n_classes = read_model(sc.model_path).dims[-1]
-            data = encode_dataset(dataset_from_arrays(X, y, n_classes, DTYPE_I8))
-            log(f"scenario {sc.name}: {len(y)} fine-tuning samples, {len(sc.test[1])} test")
-            model_bytes = Path(sc.model_path).read_bytes()
-            if link.file_sha256(BOARD_MODEL) != sha256(model_bytes):
-                link.write_file(BOARD_MODEL, model_bytes)
-            if link.file_sha256(BOARD_DATASET) != sha256(data):
-                link.write_file(BOARD_DATASET, data)
-            raw[sc.name] = {}
-            for spec, epochs in config.runs(i):
-                raw[sc.name][spec.key] = board_run(link, spec, epochs, config, sc.name, watch,
-                                                   log)
+    board, kern["board"], kern["missing"], raw = measure_on_board(config, scenarios, port,
+                                                                  workdir, log)
     figures = {"scenarios": {}}
-    for i, sc in enumerate(scenarios):
+    for sc in scenarios:
         f, net, model = scenario_figures(sc, raw[sc.name], config, kern)
         if config.reference:
-            ds = dataset_from_arrays(*sc.finetune, model.dims[-1], DTYPE_I8)
-            Xq = ds.float_features().astype(np.float64)
-            f["reference_accuracy"], done = {}, {}
-            for key in raw[sc.name]:
-                spec = RUNS[key]
-                what = (spec.method, spec.targets)
-                if what not in done:
-                    done[what] = reference_accuracy(net, Xq, sc.finetune[1], *sc.test, spec,
-                                                    config, config.target_epochs)
-                f["reference_accuracy"][key] = done[what]
+            f["reference_accuracy"] = scenario_reference(sc, raw[sc.name], net, model, config)
             log(f"host reference accuracy at {config.target_epochs} epochs ({sc.name}): "
                 + ", ".join(f"{k} {100 * v:.1f} %" for k, v in f["reference_accuracy"].items()))
         f["targets"] = assess(f, kern, config)
         figures["scenarios"][sc.name] = f
+    figures.update(summary(figures["scenarios"], scenarios[0].name, config, kern, board))
     primary = figures["scenarios"][scenarios[0].name]
+    figures["ratios_mean"] = ratios_mean(figures["scenarios"])
+    figures["budgets"] = board_budgets(primary["dims"], config.rank, primary["n_finetune"])
+    figures["source"] = source
+    figures["projection_rp2040"] = project_rp2040(figures)
+    figures["elapsed_s"] = time.time() - started
+    return figures
+
+
+def measure_on_board(config, scenarios, port, workdir, log=print):
+    """Everything the board measures: (board facts, kernel us/MAC, kernels missing, raw run
+    records by scenario and run key)."""
+    raw = {}
+    with _open_board(port, workdir, config) as (link, image):
+        info = link.info()
+        log(f"board: {info.describe()}")
+        deploy_bench(link, info, log)
+        log("kernel microbenchmark on the board")
+        kernels, missing = board_kernels(link, config.kernel_shapes, config.kernel_min_us, log)
+        watch = _ImageWatch(image)
+        for i, sc in enumerate(scenarios):
+            upload_scenario(link, sc, log)
+            raw[sc.name] = {}
+            for spec, epochs in config.runs(i):
+                raw[sc.name][spec.key] = board_run(link, spec, epochs, config, sc.name, watch,
+                                                   log)
+        board = {"port": "virtual board" if image else link.port, "virtual": bool(image),
+                 "describe": info.describe(), "name": info.name,
+                 "version": ".".join(map(str, info.version)), "platform": info.platform,
+                 "arch": info.arch, "heap_total": info.heap_total, "fs_total": info.fs_total}
+    return board, kernels, missing, raw
+
+
+def deploy_bench(link, info, log=print):
+    """The device package and the bench extension beside it, built for this board."""
+    uploads = deploy.package_uploads(info)
+    extension = deploy.bench_uploads(info)
+    log(f"device package: {len(uploads)} files + bench extension: {len(extension)} "
+        f"({'.mpy for ' + info.arch if deploy.can_use_mpy(info) else '.py'})")
+    deploy.sync(link, uploads, log=lambda *_: None)
+    deploy.sync(link, extension, log=lambda *_: None, stale_dir=deploy.BENCH_LIB)
+
+
+def upload_scenario(link, sc, log=print):
+    """The scenario's model and int8 fine-tuning set, written only where they differ."""
+    X, y = sc.finetune
+    n_classes = read_model(sc.model_path).dims[-1]
+    data = encode_dataset(dataset_from_arrays(X, y, n_classes, DTYPE_I8))
+    log(f"scenario {sc.name}: {len(y)} fine-tuning samples, {len(sc.test[1])} test")
+    model_bytes = Path(sc.model_path).read_bytes()
+    if link.file_sha256(BOARD_MODEL) != sha256(model_bytes):
+        link.write_file(BOARD_MODEL, model_bytes)
+    if link.file_sha256(BOARD_DATASET) != sha256(data):
+        link.write_file(BOARD_DATASET, data)
+
+
+def scenario_reference(sc, runs, net, model, config):
+    """Host numpy accuracy at target_epochs for each run, one training per (method, targets)."""
+    ds = dataset_from_arrays(*sc.finetune, model.dims[-1], DTYPE_I8)
+    Xq = ds.float_features().astype(np.float64)
+    out, done = {}, {}
+    for key in runs:
+        spec = RUNS[key]
+        what = (spec.method, spec.targets)
+        if what not in done:
+            done[what] = reference_accuracy(net, Xq, sc.finetune[1], *sc.test, spec, config,
+                                            config.target_epochs)
+        out[key] = done[what]
+    return out
+
+
+def summary(scenarios, primary_name, config, kern, board):
+    """The top-level figures: settings, the primary scenario's, the kernels'."""
+    primary = scenarios[primary_name]
     shape = "%dx%d" % tuple(config.kernel_shapes[0])
     emax = str(max(config.epoch_points))
     kus = {b: v[shape] for b, v in kern["board"].items() if shape in v}
     kus.update({b: v[shape] for b, v in kern["host"].items()})
-    figures.update({
+    return {
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
         "quick": config.quick,
         "machine": machine_info(),
@@ -621,7 +660,7 @@ def run(config, scenarios, port=None, workdir="out/bench", log=print):
                      "epochs": config.epochs, "epochs_other": config.epochs_other,
                      "n_samples_cap": config.n_samples, "dataset_dtype": "int8",
                      "kernel_shape": shape},
-        "primary_scenario": scenarios[0].name,
+        "primary_scenario": primary_name,
         "ratio_skip2lora_vs_lora_all": primary["ratios"].get("product", {}).get(emax),
         "ratio_skip2lora_vs_lora_all_same_arithmetic":
             primary["ratios"].get("same_arithmetic", {}).get(emax),
@@ -642,92 +681,15 @@ def run(config, scenarios, port=None, workdir="out/bench", log=print):
                                        if "py-float" in kus else {}),
         "macs": primary["macs"],
         "targets": primary["targets"],
-    })
+    }
+
+
+def ratios_mean(scenarios):
+    """Each comparison's ratio averaged over the scenarios, at the epoch counts all have."""
     means = {}
     for name in COMPARISONS:
-        per = [f["ratios"].get(name, {}) for f in figures["scenarios"].values()]
+        per = [f["ratios"].get(name, {}) for f in scenarios.values()]
         es = set.intersection(*(set(r) for r in per)) if per else set()
         if es:
             means[name] = {E: sum(r[E] for r in per) / len(per) for E in sorted(es, key=int)}
-    figures["ratios_mean"] = means
-    figures["budgets"] = board_budgets(primary["dims"], config.rank, primary["n_finetune"])
-    figures["source"] = source
-    figures["projection_rp2040"] = project_rp2040(figures)
-    figures["elapsed_s"] = time.time() - started
-    return figures
-
-
-# --------------------------------------------------------------------------- projection to a real board
-
-BUDGET_BOARDS = ("rp2040", "esp32")
-
-
-def board_budgets(dims, rank, samples):
-    """What `skip2lora compile` checks for this model on each small board (board/profiles.py
-    heap, board/budget.py estimate): the report compares them with the measured heap."""
-    from skip2lora.board.budget import estimate
-    from skip2lora.board.profiles import BOARDS
-
-    out = {}
-    for name in BUDGET_BOARDS:
-        b = BOARDS[name]
-        e = estimate(dims, b, dtype="int8", rank=rank, samples=samples)
-        out[name] = {"description": b.description, "heap_bytes": b.heap_bytes,
-                     "fs_bytes": b.fs_bytes, "ram_estimate_bytes": e.ram_total,
-                     "flash_estimate_bytes": e.flash_total, "fits_ram": e.fits_ram,
-                     "fits_flash": e.fits_flash, "notes": b.notes}
-    return out
-
-
-# Cortex-M figures from PLATFORMS.md (MicroPython v1.29 firmware under QEMU, instruction
-# counts at 8 ns per instruction): one 64x96 matrix-vector product (6144 multiply-adds).
-M0_VIPER_INT8_US, M0_PY_FLOAT_US, M0_NS_PER_INSN, PLAT_MACS = 2840.0, 117593.0, 8.0, 6144
-
-
-RP2040_MHZ, ESP32_MHZ = 133.0, 240.0
-
-
-def board_projection(figures):
-    """us per MAC on an RP2040 at 133 MHz from the instruction counts, and the slow-down
-    factor against the kernels measured here."""
-    k = figures["kernel_us_per_mac"]
-    scale = 1000.0 / RP2040_MHZ / M0_NS_PER_INSN  # instruction time at 133 MHz vs 8 ns
-    viper = M0_VIPER_INT8_US / PLAT_MACS * scale
-    pyf = M0_PY_FLOAT_US / PLAT_MACS * scale
-    return {"viper_us_per_mac": viper, "py_float_us_per_mac": pyf,
-            "viper_factor": viper / k["viper"] if k.get("viper") else None,
-            "py_factor": pyf / k["py-float"] if k.get("py-float") else None,
-            "speedup": pyf / viper}
-
-
-FLASH_MS_PER_BLOCK = 45.0 + 16 * 0.4  # W25Q16: 4 KB sector erase + 16 page programs (typ.)
-
-
-def project_rp2040(figures):
-    """Each run's 20-epoch total scaled to an RP2040 from PLATFORMS.md's instruction counts:
-    float runs by the Python-float factor, fixed-point runs between the viper and the
-    Python factor (kernels vs interpreted glue), plus the flash writes (cache + one save)."""
-    pr = board_projection(figures)
-    if not (pr["viper_factor"] and pr["py_factor"]):
-        return None
-    P = figures["scenarios"][figures["primary_scenario"]]
-    T = str(figures["settings"]["target_epochs"])
-    lo_f, hi_f = sorted((pr["viper_factor"], pr["py_factor"]))
-    runs = {}
-    for key in P["epoch_ms"]:
-        tot = P["total_ms"][key].get(T)
-        if not tot:
-            continue
-        fixed = P["backend"][key] in ("viper", "py")
-        flash = math.ceil(P["flash_written_bytes"][key] / BLOCK) * FLASH_MS_PER_BLOCK
-        runs[key] = {"here_ms": tot["ms"], "flash_ms": flash,
-                     "lo_ms": tot["ms"] * (lo_f if fixed else pr["py_factor"]) + flash,
-                     "hi_ms": tot["ms"] * (hi_f if fixed else pr["py_factor"]) + flash}
-    out = {"factors": pr, "runs": runs}
-    if "skip2lora" in runs and "lora-all" in runs:
-        la = runs["lora-all"]
-        out["product_ratio"] = (runs["skip2lora"]["lo_ms"] / la["lo_ms"],
-                                runs["skip2lora"]["hi_ms"] / la["lo_ms"])
-        if "skip2lora-float" in runs:
-            out["same_arithmetic_ratio"] = runs["skip2lora-float"]["lo_ms"] / la["lo_ms"]
-    return out
+    return means

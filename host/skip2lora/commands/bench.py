@@ -1,5 +1,11 @@
 """`skip2lora bench`: Skip2-LoRA against LoRA-All and the other baselines, timed on the board."""
+import json
 import time
+from dataclasses import replace
+from pathlib import Path
+
+from skip2lora.bench import report as bench_report
+from skip2lora.bench import run as bench
 
 
 def register(subparsers):
@@ -37,14 +43,7 @@ def _log(*args, **kw):
 
 
 def run(args):
-    from dataclasses import replace
-
-    from skip2lora.bench import run as bench, report as bench_report
-
     if args.from_json:
-        import json
-        from pathlib import Path
-
         figures = json.loads(Path(args.from_json).read_text())
         if args.report:
             bench_report.report(figures, args.report)

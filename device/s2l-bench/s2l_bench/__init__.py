@@ -1,14 +1,15 @@
-# Board-side timing for `skip2lora bench` (host/skip2lora/bench.py drives it over the REPL).
+# Board-side timing for `skip2lora bench` (host/skip2lora/bench/run.py drives it over the REPL).
 #   train(...)   fine-tune one method, time every epoch with the board's own microsecond
 #                clock, sample the live heap after each epoch, save adapters at checkpoints
 #   kernels(...) microseconds per multiply-add of each kernel backend on given matrix shapes
 # Output: one `S2L epoch=...` line per epoch (host progress) and `BENCH <json>` result lines.
-# Imported only by the benchmark; nothing in the training path depends on it.
+# An extension of s2l, not part of it: `skip2lora bench` uploads it beside s2l, `skip2lora
+# flash` does not, and nothing in s2l imports it, so boards that only fine-tune never carry it.
 import gc
 import json
 import os
 
-from .compat import remove, ticks_diff, ticks_ms, ticks_us, ticks_us_diff
+from s2l.compat import remove, ticks_diff, ticks_ms, ticks_us, ticks_us_diff
 
 
 def _emit(**kw):
@@ -34,7 +35,7 @@ def train(model, data, method="skip2lora", backend=None, targets=None, epochs=1,
     and after every epoch; every buffer of this function is allocated up front, so what
     changes across an epoch is the Trainer's own doing."""
     from array import array
-    from .train import Trainer
+    from s2l.train import Trainer
 
     if cache:
         remove(cache)
@@ -137,7 +138,7 @@ def kernels(shapes, min_us=20000):
     """One BENCH line per (backend, shape): us per call and per multiply-add of one r x c
     matrix-vector product held as the model holds it (row blocks of <= 2 KB)."""
     from array import array
-    from . import kernels as K
+    from s2l import kernels as K
 
     fixed = []
     for name in ("viper", "py"):
