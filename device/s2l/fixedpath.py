@@ -117,7 +117,7 @@ class FixedPath:
         else:
             full = self._calibrate()
             self._set_scales(full)
-        self._need_x1 = any(a.layer == 0 for a in self.ads)
+        self._need_x1 = self.ads[0].layer == 0  # ads in ascending layer order
         if self.cache is not None and scales is None:
             segscales = ([full[0]] if self.x1_in_cache else []) + full[1:] + [Z_BITS]
             self.cache.build(segscales, self.frozen)
@@ -187,8 +187,11 @@ class FixedPath:
         K, sx, buf = self.K, kernels.SX, self._chunk
         mv, n = memoryview(buf), len(buf)
         for a in self.ads:
-            for src, R, sh in [(row, a.R, a.Rsh) for row in a.A32] + [(a.B32, 1 << 29, 58)]:
-                src = memoryview(src)  # B = B32 / 2**29, A = A32 * R / 2**sh
+            for q in range(a.ar + 1):  # A = A32 * R / 2**sh, then B = B32 / 2**29
+                if q < a.ar:
+                    src, R, sh = memoryview(a.A32[q]), a.R, a.Rsh
+                else:
+                    src, R, sh = memoryview(a.B32), 1 << 29, 58
                 k0, d = 0, len(src)
                 while k0 < d:
                     k1 = min(k0 + n, d)
@@ -217,14 +220,14 @@ class FixedPath:
     def save(self, path, adapters_crc):
         """Beside the adapters file: path (<adapters>.state) holds the int32 masters, which
         f32 cannot hold exactly, tied to that file by its CRC (formats.write_state)."""
-        write_state(path, adapters_crc, self._mantissas(), self._masters())
+        write_state(path, adapters_crc, *self._state())
 
     def load(self, adapters, path, adapters_crc):
         """Set the masters from a read_adapters() list: from the .state at path when it
         belongs to that very file (returns True: bit-exact), else by rounding the f32 values
         (False). The int16 forward copies are then recomputed as at a batch end."""
         self.prepare()  # the masters' unit depends on the activation scales
-        exact = read_state(path, adapters_crc, self._mantissas(), self._masters())
+        exact = read_state(path, adapters_crc, *self._state())
         for a, e in zip(self.ads, adapters):
             if not exact:  # round the f32 values (not bit-exact)
                 for q in range(a.ar):
@@ -246,24 +249,25 @@ class FixedPath:
         allocation, since a trained board's heap is too fragmented for a 2 KB row."""
         self.prepare()
         b_unit = value(f32_ratio(1, 1, -29))
-        model.set_adapters([(a.layer, a.kind, a.A32, a.ar, a.ac, a.B32, a.br, a.bc)
-                            for a in self.ads], s,
-                           [(value(f32_ratio(1, a.m24, -6)), b_unit) for a in self.ads],
-                           [(a.A16, value(f32_ratio(1, a.m24, 10))) for a in self.ads])
+        ads, units, rows16 = [], [], []
+        for a in self.ads:
+            ads.append((a.layer, a.kind, a.A32, a.ar, a.ac, a.B32, a.br, a.bc))
+            units.append((value(f32_ratio(1, a.m24, -6)), b_unit))
+            rows16.append((a.A16, value(f32_ratio(1, a.m24, 10))))
+        model.set_adapters(ads, s, units, rows16)
 
     # ------------------------------------------------------------------ fixed-point internals
 
-    def _mantissas(self):
-        """Each adapter's activation-scale mantissa m = m24 / 2**24 as float32 bits (exponent
-        field 126): the masters' unit, checked by the .state file."""
-        return [(126 << 23) | (a.m24 & 0x7FFFFF) for a in self.ads]
-
-    def _masters(self):
-        """The int32 masters in .state order: every adapter's A32 rows, then its B32."""
+    def _state(self):
+        """What the .state file holds: each adapter's activation-scale mantissa m = m24 / 2**24
+        as float32 bits (exponent field 126), the masters' unit; and the int32 masters, every
+        adapter's A32 rows then its B32."""
+        mantissas, masters = [], []
         for a in self.ads:
-            for buf in a.A32:
-                yield buf
-            yield a.B32
+            mantissas.append((126 << 23) | (a.m24 & 0x7FFFFF))
+            masters += a.A32
+            masters.append(a.B32)
+        return mantissas, masters
 
     def _set_scales(self, scales, adapters=True):
         """scales[i] = float32 bit pattern of the real value of one int8 code of x_{i+1};

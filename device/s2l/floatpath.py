@@ -81,26 +81,36 @@ class FloatPath:
         self.prepared = True
 
     def frozen(self, k):
-        """Sample k's x_1, then x_2..x_L and z, frozen network only: what the Skip-Cache
-        holds."""
-        self._load_x1(k)
-        self._forward()
+        """Sample k's x_1, then x_2..x_L and z, frozen network only (what the Skip-Cache
+        holds); returns its label."""
+        lab = self._load_x1(k)
+        m, xs, L = self.model, self.xs, self.L
+        for i in range(L):
+            out = xs[i + 1]
+            m.dense(i, xs[i], out)
+            if i < L - 1:
+                for j in range(len(out)):
+                    if out[j] < 0.0:
+                        out[j] = 0.0
+        return lab
 
     def step(self, k, nb, last):
         """One sample of a batch of nb: forward, loss, gradients accumulated (already divided
         by nb); at the batch's last sample, the SGD step. Returns (loss, correct)."""
-        lab = self._load_x1(k)
         xs, C, s, y, g = self.xs, self.C, self.s, self.y, self.g
         method = self.method
         if method in SKIP_METHODS:
-            if not (self.cache is not None and self.cache.read(k)):
-                self._forward()
+            if self.cache is not None and self.cache.read(k):
+                lab = self._load_x1(k)
+            else:
+                lab = self.frozen(k)
             z = xs[-1]
             for c in range(C):
                 y[c] = z[c]
             for a in self.ads:
                 add_lowrank(a.A, a.B, a.ar, xs[a.layer], a.u, y, C, s)
         elif method == "lora-all":
+            lab = self._load_x1(k)
             m = self.model
             for i in range(self.L):
                 a = self.ads[i]
@@ -112,7 +122,7 @@ class FloatPath:
                         if out[j] < 0.0:
                             out[j] = 0.0
         else:  # ft-last
-            self._forward()
+            lab = self.frozen(k)
             a = self.ads[0]
             xl = xs[self.L - 1]
             _matvec(a.A, xl, self.tmp)
@@ -135,8 +145,12 @@ class FloatPath:
                 for k2 in range(a.ac):
                     gA[k2] += gc * xl[k2]
                 a.gB[c] += gc
-        if last:
-            self._update()
+        if last:  # the SGD step (with momentum) of the batch's gradients
+            lr, mom = self.lr, self.momentum
+            for a in self.ads:
+                for q in range(a.ar):
+                    _sgd(a.A[q], a.gA[q], a.vA[q] if a.vA else None, lr, mom)
+                _sgd(a.B, a.gB, a.vB, lr, mom)
         return loss, correct
 
     def payload(self):
@@ -176,17 +190,6 @@ class FloatPath:
         for i in range(len(x1)):
             x1[i] = xq[i] * sc
         return lab
-
-    def _forward(self):
-        """x_2..x_L and z of the sample in xs[0], frozen network only."""
-        m, xs, L = self.model, self.xs, self.L
-        for i in range(L):
-            out = xs[i + 1]
-            m.dense(i, xs[i], out)
-            if i < L - 1:
-                for j in range(len(out)):
-                    if out[j] < 0.0:
-                        out[j] = 0.0
 
     def _lora_backward(self):
         m, xs, s = self.model, self.xs, self.s
@@ -239,14 +242,6 @@ class FloatPath:
                 if not x[k] > 0.0:
                     nxt[k] = 0.0
             delta, nxt = nxt, delta
-
-    def _update(self):
-        """The SGD step (with momentum) of the gradients accumulated over the batch."""
-        lr, mom = self.lr, self.momentum
-        for a in self.ads:
-            for q in range(a.ar):
-                _sgd(a.A[q], a.gA[q], a.vA[q] if a.vA else None, lr, mom)
-            _sgd(a.B, a.gB, a.vB, lr, mom)
 
 
 def _sgd(P, G, V, lr, mom):

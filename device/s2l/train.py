@@ -54,7 +54,18 @@ class Trainer:
         L = m.n_layers
         self.L, self.C = L, m.n_classes
         if method in SKIP_METHODS:
-            self.targets = self._targets(targets)
+            if targets is None:
+                t = [i for i in range(L) if m.adapter_mask >> i & 1]
+            elif targets == "all":
+                t = list(range(L))
+            elif targets == "hidden":
+                t = list(range(1, L))
+            else:
+                t = sorted(set(int(i) for i in targets))
+            if not t or t[0] < 0 or t[-1] >= L:
+                raise S2LError("targets must be 'all', 'hidden' or layer indices in 0..%d"
+                               % (L - 1))
+            self.targets = t
         elif method == "lora-all":
             self.targets = list(range(L))
         else:
@@ -110,20 +121,6 @@ class Trainer:
                           self.rng, cache, K)
         self.cache = self.arith.cache
         self._prepared = self.cache_built = False
-
-    def _targets(self, targets):
-        L = self.L
-        if targets is None:
-            t = [i for i in range(L) if self.model.adapter_mask >> i & 1]
-        elif targets == "all":
-            t = list(range(L))
-        elif targets == "hidden":
-            t = list(range(1, L))
-        else:
-            t = sorted(set(int(i) for i in targets))
-        if not t or t[0] < 0 or t[-1] >= L:
-            raise S2LError("targets must be 'all', 'hidden' or layer indices in 0..%d" % (L - 1))
-        return t
 
     # ================================================================== driver
 
@@ -192,7 +189,10 @@ class Trainer:
     # ================================================================== results
 
     def _entries(self):
-        return [(a.layer, a.kind, a.ar, a.ac, a.br, a.bc) for a in self.arith.ads]
+        out = []
+        for a in self.arith.ads:
+            out.append((a.layer, a.kind, a.ar, a.ac, a.br, a.bc))
+        return out
 
     def adapters(self):
         """[(layer, kind, A rows [array('f')], a_rows, a_cols, B array('f'), b_rows, b_cols)]
