@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from skip2lora.bench import report as bench_report
+from skip2lora.bench import sentences as bench_sentences
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -193,7 +194,7 @@ def test_results_sentences_follow_the_numbers():
 
 
 def test_bench_sentences_follow_the_numbers():
-    B = bench_report
+    B = bench_sentences
     assert "larger share is the kernels" in B.decomposition_sentence(4.7, 60)
     assert "larger share is the method" in B.decomposition_sentence(8.0, 3)
     assert "x1 adapter matters" in B.hidden_only_note(0.002, 0.58, 0.944, "20")
