@@ -87,8 +87,9 @@ class Cache:
         return True
 
     def build(self, scales, fill):
-        """Write the whole file once, sequentially: fill(k) puts record k in the buffers;
-        scales are the segments' float32 bit patterns.
+        """Write the whole file once, sequentially: fill(k) puts record k in the buffers
+        (the trainer's path passes its frozen(k)); scales are the segments' float32 bit
+        patterns.
         Written under a temporary name and renamed, so a power cut never leaves a file that
         looks complete; then opened for reading."""
         self.close()

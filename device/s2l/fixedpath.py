@@ -50,7 +50,7 @@ class FixedPath:
         m, ds = model, data
         dims = m.dims
         L, C, r = m.n_layers, dims[-1], rank
-        self.model, self.data, self.method, self.K, self.rng = m, ds, method, K, rng
+        self.model, self.data, self.K, self.rng = m, ds, K, rng
         self.L, self.C, self.rank = L, C, r
         # the step sizes from the float32 bits of lr and alpha (qmath); momentum is 0 here
         self._lr_parts = split(bits(lr))
@@ -71,6 +71,7 @@ class FixedPath:
         self.dB = [zeros("i", dims[i + 1]) for i in range(L)]   # biases, Q16
         self.rq = [(0, 16)] * L                                 # requant (M, n) per layer
         self.x1_in_cache = ds.dtype != I8
+        self._need_x1 = 0 in targets  # an adapter reads x_1
         self.prepared = self.cache_built = False
         self._nb = 0  # the batch size the step constants are set for (0: none yet)
         self.ads = []
@@ -117,7 +118,6 @@ class FixedPath:
         else:
             full = self._calibrate()
             self._set_scales(full)
-        self._need_x1 = self.ads[0].layer == 0  # ads in ascending layer order
         if self.cache is not None and scales is None:
             segscales = ([full[0]] if self.x1_in_cache else []) + full[1:] + [Z_BITS]
             self.cache.build(segscales, self.frozen)
