@@ -1,6 +1,6 @@
 # The float path of the Trainer: every method (skip2lora, skip-lora, lora-all, ft-last) in
 # float32 arrays and plain Python. Slow on a board (each float op allocates) but the same
-# maths as host/skip2lora/reference.py, to ~1e-7: the path adapters are compared against.
+# maths as host/skip2lora/training/reference.py, to ~1e-7: the path adapters are compared against.
 # Same methods as FixedPath (fixedpath.py); imported only when a Trainer runs in float, so
 # fixed-point training does not hold this code in RAM.
 import math

@@ -4,12 +4,13 @@
 # viper (CircuitPython) this module fails to compile and kernels_py.py is used instead.
 # Every kernel has a twin in kernels_py.py that gives the same integers; the formats and the
 # int32 bounds of every intermediate are in docs/device.md and checked by
-# tests/test_device_int32_bounds.py.
+# tests/device/test_device_int32_bounds.py.
 #
-# Viper facts relied on (docs/PLATFORMS.md): ptr8/ptr16 loads are unsigned, so int8/int16 are
-# sign-extended with (v ^ 0x80) - 0x80; ptr32 loads are unsigned on the 64-bit unix port and
-# signed on 32-bit boards, so int32 loads go through (v << sx) >> sx with sx = 32 on 64-bit and
-# 0 on 32-bit (passed in by kernels.py). Every literal fits a 31-bit small int.
+# Viper facts relied on (measured in ../shared/PLATFORMS.md beside the checkout, outside this
+# repository; restated in docs/device.md, "Bounds"): ptr8/ptr16 loads are unsigned, so
+# int8/int16 are sign-extended with (v ^ 0x80) - 0x80; ptr32 loads are unsigned on the 64-bit
+# unix port and signed on 32-bit boards, so int32 loads go through (v << sx) >> sx with sx = 32
+# on 64-bit and 0 on 32-bit (passed in by kernels.py). Every literal fits a 31-bit small int.
 import micropython
 
 NAME = "viper"

@@ -1,4 +1,4 @@
-# xorshift32 (13, 17, 5): the same stream as host/skip2lora/rng.py, bit for bit.
+# xorshift32 (13, 17, 5): the same stream as host/skip2lora/training/rng.py, bit for bit.
 # Small ints only: state kept as two 16-bit halves would be needed on a 30-bit small-int port
 # to avoid heap longs, but MicroPython boards have long ints (mpz) so plain ints are used; it
 # runs once per sample per epoch, never in an inner loop.

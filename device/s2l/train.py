@@ -7,7 +7,7 @@
 #            adapter masters, int16 forward copies, the kernels of kernels.get(backend) (viper,
 #            or their pure-Python twins); integers only, so every board writes the same bytes.
 #   FloatPath (floatpath.py) - every method, float32 arrays, plain Python: the path compared
-#            with the numpy reference (host/skip2lora/reference.py) to a stated tolerance.
+#            with the numpy reference (host/skip2lora/training/reference.py) to a stated tolerance.
 # Each path allocates every buffer it uses when it is made (sized from the model and dataset
 # headers); the training loop only fills them. fixedpath is imported with the package (its
 # code is loaded before a model fragments the heap: the board's path), floatpath only when a
