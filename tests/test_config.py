@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from skip2lora import config
+from skip2lora.board import calls
 from skip2lora.board.calls import DEVICE_DIR, SCRIPTS_DIR, call_code, parameters, script_code
 from skip2lora.board.link import BOARD_DATASET, BoardLink
 from skip2lora.cli import build_parser
@@ -173,3 +174,21 @@ def test_a_board_script_is_its_file_then_one_checked_call():
         script_code("sha256", name="x")
     with pytest.raises(UserError, match="needs path"):
         script_code("sha256")
+
+
+def test_a_call_finds_its_function_in_any_device_package(tmp_path, monkeypatch):
+    """A package is a folder of device/ with a manifest.py (device/ itself for s2l); its
+    modules are <name>.py or <name>/__init__.py."""
+    (tmp_path / "manifest.py").write_text("package('pkg')\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "job.py").write_text("def go(a, b=1):\n    pass\n")
+    (tmp_path / "extra" / "pkg_extra").mkdir(parents=True)
+    (tmp_path / "extra" / "manifest.py").write_text("package('pkg_extra')\n")
+    (tmp_path / "extra" / "pkg_extra" / "__init__.py").write_text("def run(*, n):\n    pass\n")
+    monkeypatch.setattr(calls, "DEVICE_DIR", tmp_path)
+    assert call_code("pkg.job.go", a=[1.5]) == "import pkg.job\npkg.job.go(a=[1.5])\n"
+    assert call_code("pkg_extra.run", n=2) == "import pkg_extra\npkg_extra.run(n=2)\n"
+    with pytest.raises(UserError, match="needs n"):
+        call_code("pkg_extra.run")
+    with pytest.raises(ValueError, match="no device module nowhere"):
+        call_code("nowhere.f")

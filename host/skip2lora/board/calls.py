@@ -60,12 +60,22 @@ def arguments(source, function, kwargs):
     return ", ".join(f"{k}={literal(k, v)}" for k, v in kwargs.items())
 
 
+def module_source(module):
+    """The device source of `module`: <root>/<module path>.py or .../__init__.py, a root being
+    a folder of device/ with a manifest.py (a MicroPython package: s2l, s2l_bench)."""
+    parts = module.split(".")
+    for root in sorted(p.parent for p in DEVICE_DIR.glob("**/manifest.py")):
+        for path in (root.joinpath(*parts).with_suffix(".py"),
+                     root.joinpath(*parts, "__init__.py")):
+            if path.is_file():
+                return path
+    raise ValueError(f"no device module {module} in {DEVICE_DIR}")
+
+
 def call_code(target, /, **kwargs):
-    """`import s2l.job\\ns2l.job.finetune(k=v, ...)\\n` for target "s2l.job.finetune"."""
+    """`import s2l.job\ns2l.job.finetune(k=v, ...)\n` for target "s2l.job.finetune"."""
     module, _, function = target.rpartition(".")
-    if not module.startswith("s2l"):
-        raise ValueError(f"{target!r} is not a function of the s2l package")
-    source = DEVICE_DIR.joinpath(*module.split(".")).with_suffix(".py")
+    source = module_source(module)
     return f"import {module}\n{target}({arguments(source, function, kwargs)})\n"
 
 
