@@ -6,7 +6,9 @@ out-of-memory model.
 import os
 import re
 import signal
+import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +163,30 @@ def test_resume_without_state_file_rounds_the_f32_values(fixdir):
     for x, y in zip(got.adapters, want.adapters):
         for p, q in ((x.A, y.A), (x.B, y.B)):
             assert np.max(np.abs(p - q)) <= 1e-6 * np.max(np.abs(q))
+
+
+def test_state_file_is_the_specs(fixdir):
+    """<adapters>.state as docs/formats.md states it, read on the host: magic S2LS, the file CRC
+    of the .s2la it belongs to, K, K float32 activation-scale mantissas in [0.5, 1), every
+    adapter's A rows then B as raw int32 (little-endian here), a CRC32 of all before it; the
+    masters in their units (A = A32 / (m * 2**30), B = B32 / 2**29) are the .s2la's values."""
+    assert job(fixdir, epochs=2, targets="all")[0] is None
+    raw = (fixdir / "a.s2la.state").read_bytes()
+    ad = F.read_adapters(fixdir / "a.s2la")
+    magic, crc, k = struct.unpack_from("<4sII", raw)
+    assert (magic, crc, k) == (b"S2LS", ad.file_crc, len(ad.adapters)) and k >= 2
+    ms = np.frombuffer(raw, "<f4", k, 12).astype(np.float64)
+    assert np.all((0.5 <= ms) & (ms < 1))
+    off = 12 + 4 * k
+    for a, m in zip(ad.adapters, ms):
+        A32 = np.frombuffer(raw, "<i4", a.A.size, off).reshape(a.A.shape)
+        B32 = np.frombuffer(raw, "<i4", a.B.size, off + 4 * a.A.size).reshape(a.B.shape)
+        off += 4 * (a.A.size + a.B.size)
+        np.testing.assert_allclose(A32 / (m * 2.0 ** 30), a.A, rtol=2 ** -23, atol=0)
+        np.testing.assert_allclose(B32 / 2.0 ** 29, a.B, rtol=2 ** -23, atol=0)
+        assert np.abs(A32).max() > 1 << 20 and np.abs(B32).max() > 1 << 10  # not all zeros
+    assert off + 4 == len(raw)
+    assert struct.unpack("<I", raw[-4:])[0] == zlib.crc32(raw[:-4])
 
 
 @pytest.mark.parametrize("change,what", [
