@@ -340,3 +340,29 @@ def test_f32_dataset_below_the_normal_range_trains(tmp_path):
     assert [p["epoch"] for p in progress_lines(out)] == [1, 2]
     scale = F.read_cache(tmp_path / "c.s2lc").segments[0].scale
     assert scale == np.float32(2.0 ** -126)
+
+
+def _methods(module, cls):
+    import ast
+    tree = ast.parse((DEVICE / "s2l" / module).read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    return {f.name: [a.arg for a in f.args.args][:len(f.args.args) - len(f.args.defaults)]
+            for f in node.body
+            if isinstance(f, ast.FunctionDef) and (f.name == "__init__" or f.name[0] != "_")}
+
+
+def test_both_arithmetics_have_one_set_of_methods():
+    """The Trainer calls its arithmetic without asking which one it holds: FixedPath and
+    FloatPath define the same methods, with the same required parameters, and the Trainer's
+    loop, save, restore and apply never ask."""
+    fixed, flt = _methods("fixedpath.py", "FixedPath"), _methods("floatpath.py", "FloatPath")
+    assert fixed == flt
+    assert {"prepare", "frozen", "step", "payload", "adapters", "save", "load",
+            "apply"} <= set(fixed)
+    import ast
+    tree = ast.parse((DEVICE / "s2l" / "train.py").read_text())
+    trainer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
+    asks = {(f.name, getattr(n, "id", None) or getattr(n, "attr", None))
+            for f in trainer.body if isinstance(f, ast.FunctionDef) and f.name != "__init__"
+            for n in ast.walk(f) if isinstance(n, (ast.Name, ast.Attribute))}
+    assert {a for a in asks if a[1] in ("fixed", "backend", "FixedPath", "FloatPath")} == set()
