@@ -167,7 +167,7 @@ def one_line_error(stderr):
 # (point, count) chosen, prints MARK and sleeps, so the power cut lands at exactly that write.
 BOARD_PAUSE = r"""
 import time
-import s2l.cache, s2l.train
+import s2l.cache, s2l.formats, s2l.train
 _where = @WHERE@
 _calls = {}
 
@@ -189,12 +189,13 @@ class _Counted:
     def close(self):
         self.f.close()
 
-def _wrap_open(mod, name):
+def _wrap_open(mod, name, suffix=""):
     real = mod.open_write
-    mod.open_write = lambda path: _Counted(real(path), name)
+    mod.open_write = lambda path: (_Counted(real(path), name) if path.endswith(suffix)
+                                   else real(path))
 
-_wrap_open(s2l.cache, "cache")   # every record buffer of the cache build
-_wrap_open(s2l.train, "state")   # every buffer of an <adapters>.state save
+_wrap_open(s2l.cache, "cache")                  # every record buffer of the cache build
+_wrap_open(s2l.formats, "state", ".state.tmp")  # every buffer of an <adapters>.state save
 _real_wa = s2l.train.write_adapters
 def _write_adapters(*a):
     def payload():
