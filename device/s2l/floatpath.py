@@ -7,10 +7,9 @@ import math
 
 from .formats import F32, KIND_SKIP, KIND_PARALLEL, KIND_DELTA, zeros
 from .cache import Cache
-from .model import _matvec, add_lowrank
+from .model import matvec, add_lowrank
 from .qmath import ONE_BITS
-
-SKIP_METHODS = ("skip2lora", "skip-lora")
+from .config import SKIP_METHODS
 
 
 class _Adapter:
@@ -125,7 +124,7 @@ class FloatPath:
             lab = self.frozen(k)
             a = self.ads[0]
             xl = xs[self.L - 1]
-            _matvec(a.A, xl, self.tmp)
+            matvec(a.A, xl, self.tmp)
             z = xs[-1]
             for c in range(C):
                 y[c] = z[c] + self.tmp[c] + a.B[c]

@@ -4,6 +4,7 @@
 # any dim in it is trusted, and dims are checked against the limits before any allocation.
 import struct
 
+from .config import METHODS, KIND_SKIP, KIND_PARALLEL, KIND_DELTA  # the host's (config.py)
 from .compat import S2LError, file_size, open_write, replace, sync, remove
 
 VERSION = 1
@@ -15,8 +16,6 @@ STATE_MAGIC = b"S2LS"  # <adapters>.state: the fixed path's int32 masters, bit f
 F32, I8, I16, I32 = 0, 1, 2, 3
 ITEMSIZE = (4, 1, 2, 4)
 TYPECODE = ("f", "b", "h", "i")
-METHODS = ("skip2lora", "skip-lora", "lora-all", "lora-last", "ft-last", "ft-bias", "ft-all")
-KIND_SKIP, KIND_PARALLEL, KIND_DELTA = 0, 1, 2
 MAX_DIM, MAX_CLASSES, MAX_LAYERS, MAX_RANK = 4096, 255, 16, 64
 WHAT = {MODEL_MAGIC: "model", DATASET_MAGIC: "dataset", CACHE_MAGIC: "cache",
         ADAPTER_MAGIC: "adapter"}

@@ -137,7 +137,7 @@ class Model:
                 if layer != i or kind == KIND_SKIP:
                     continue
                 if kind == KIND_DELTA:
-                    _matvec(A, xs[i], tmp)
+                    matvec(A, xs[i], tmp)
                     for j in range(ar):
                         out[j] += tmp[j] + B[j]
                 else:
@@ -200,7 +200,7 @@ class Model:
         self.set_adapters([], 1.0)
 
 
-def _matvec(A, x, out):
+def matvec(A, x, out):
     """out[r] = A[r] . x for A given as a list of row arrays."""
     for r in range(len(A)):
         row = A[r]
@@ -213,7 +213,7 @@ def _matvec(A, x, out):
 def add_lowrank(A, B, r, x, u, out, n_out, s):
     """out[j] += s * (B u)[j] with u = A x (left in u, which backward passes reuse): one
     rank-r adapter's output, B being n_out x r row-major."""
-    _matvec(A, x, u)
+    matvec(A, x, u)
     for j in range(n_out):
         acc = 0.0
         for q in range(r):

@@ -17,18 +17,16 @@ from .formats import I8, read_adapters, write_adapters, zeros
 from .model import Model
 from .dataset import Dataset
 from .rng import XorShift32
-from . import kernels
+from . import config, kernels
 from .fixedpath import FixedPath
 from .qmath import bits, value
 
-SKIP_METHODS = ("skip2lora", "skip-lora")
-SUPPORTED = ("skip2lora", "skip-lora", "lora-all", "ft-last")
-
 
 class Trainer:
-    def __init__(self, model, data, method="skip2lora", rank=None, alpha=None, lr=1.0 / 256,
-                 batch_size=1, momentum=0.0, seed=0, backend=None, cache=None,
-                 cache_dtype=None, targets=None, shuffle=True, log=print):
+    def __init__(self, model, data, method=config.METHOD, rank=None, alpha=None, lr=config.LR,
+                 batch_size=config.BATCH_SIZE, momentum=config.MOMENTUM, seed=config.SEED,
+                 backend=None, cache=None, cache_dtype=None, targets=None,
+                 shuffle=config.SHUFFLE, log=print):
         self.model = model if isinstance(model, Model) else Model(model)
         self.data = data if isinstance(data, Dataset) else Dataset(data)
         m, ds = self.model, self.data
@@ -37,23 +35,23 @@ class Trainer:
                            % (ds.n_features, ds.n_classes, m.dims[0], m.n_classes), ds.path)
         if ds.n == 0:
             raise S2LError("dataset has no samples", ds.path)
-        if method not in SUPPORTED:
+        if method not in config.BOARD_METHODS:
             raise S2LError("method %r is not available on the board; choose one of %s"
-                           % (method, ", ".join(SUPPORTED)))
+                           % (method, ", ".join(config.BOARD_METHODS)))
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise S2LError("batch_size must be an integer >= 1")
         if not lr >= 0 or not 0 <= momentum < 1:
             raise S2LError("lr must be >= 0 and momentum in [0, 1)")
         self.method, self.lr, self.batch_size, self.momentum = method, lr, batch_size, momentum
         self.seed, self.shuffle, self.log = seed, shuffle, log
-        self.rank = rank or m.rank or 4
+        self.rank = rank or m.rank or config.RANK
         if not 1 <= self.rank <= 64:
             raise S2LError("rank must be 1..64")
         self.alpha = float(self.rank if alpha is None else alpha)
         self.s = self.alpha / self.rank
         L = m.n_layers
         self.L, self.C = L, m.n_classes
-        if method in SKIP_METHODS:
+        if method in config.SKIP_METHODS:
             if targets is None:
                 t = [i for i in range(L) if m.adapter_mask >> i & 1]
             elif targets == "all":
@@ -71,7 +69,7 @@ class Trainer:
         else:
             self.targets = [L - 1]
         # arithmetic
-        if method in SKIP_METHODS and backend != "float":
+        if method in config.SKIP_METHODS and backend != "float":
             if m.dtype != I8:
                 if backend is not None:
                     raise S2LError("the fixed-point path needs an int8 model (compile with "
