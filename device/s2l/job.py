@@ -1,7 +1,7 @@
 # The board's side of `skip2lora finetune` (host/skip2lora/commands/finetune.py): train a
 # Trainer up to a total epoch count, save the adapters after every finished epoch, and report
-# in one-line `S2L key=value` records for the host. Orchestration only: the maths is in
-# train.py. The lines, in order:
+# in one-line `S2L key=value` records for the host. Orchestration only: the loop is train.py's,
+# the maths fixedpath.py's or floatpath.py's. The lines, in order:
 #   S2L resume=<n>                               continuing from n epochs saved on flash
 #   S2L epoch=<n> loss= acc= ms= cache_reads= saved_ms=   after epoch n is on flash
 #   S2L stopped=<n>                              Ctrl-C: flash holds epoch n; KeyboardInterrupt
