@@ -12,6 +12,7 @@ import pytest
 import cooling_fan_setup as S
 from mpyrun import BOARD_KINDS, RP2040_HEAP, progress_lines, run
 from skip2lora.model import formats as F
+from skip2lora.config import FinetuneConfig
 from skip2lora.training import reference as R
 from unavailable import require_cooling_fan_data
 
@@ -58,7 +59,7 @@ def _train(cf, lr, targets, epochs=10, backend="viper", heap=RP2040_HEAP):
 def test_fast_path_within_one_point_of_float_reference(cf, lr):
     af, mem, prog = _train(cf, lr, "all")
     acc = S.accuracy(S.skip_logits(cf.net, af, cf.Xt), cf.yt)
-    cfg = R.FinetuneConfig(method="skip2lora", rank=4, lr=lr, epochs=10, targets="all")
+    cfg = FinetuneConfig(method="skip2lora", rank=4, lr=lr, epochs=10, targets="all")
     ref = R.finetune(cf.net, cf.X, cf.y, cfg)
     ref_acc = S.accuracy(ref.predict(cf.Xt), cf.yt)
     print("lr %g: board (viper, int8 cache) %.2f %%, float64 reference %.2f %%"

@@ -13,6 +13,7 @@ import pytest
 
 from mpyrun import DEVICE, ESP32_HEAP, FIXTURES, build_mpy, progress_lines, run
 from skip2lora.model import formats as F
+from skip2lora.config import FinetuneConfig
 from skip2lora.training import reference as R
 
 TRAIN = r"""
@@ -37,7 +38,7 @@ def train_on_device(cwd, model="model-int8.s2lm", data="dataset-int8.s2ld", meth
 
 def reference(cwd, model, data, method, lr, bs, epochs, targets="all", momentum=0.0):
     mf, ds = F.read_model(cwd / model), F.read_dataset(cwd / data)
-    cfg = R.FinetuneConfig(method=method, rank=2, lr=lr, epochs=epochs, batch_size=bs, seed=7,
+    cfg = FinetuneConfig(method=method, rank=2, lr=lr, epochs=epochs, batch_size=bs, seed=7,
                            targets=targets, momentum=momentum)
     return R.finetune(mf.to_network(), ds.float_features(), ds.labels.astype(np.int64), cfg)
 

@@ -9,6 +9,7 @@ import gc
 import json
 import os
 
+from s2l import config
 from s2l.compat import remove, ticks_diff, ticks_ms, ticks_us, ticks_us_diff
 
 
@@ -28,8 +29,8 @@ def _size(path):
         return 0
 
 
-def train(model, data, method="skip2lora", backend=None, targets=None, epochs=1, lr=0.01,
-          rank=4, seed=0, cache=None, adapters="/skip2lora/bench_e%d.s2la", save_at=()):
+def train(model, data, method=config.METHOD, backend=None, targets=None, epochs=1, lr=config.LR,
+          rank=config.RANK, seed=config.SEED, cache=None, adapters="/skip2lora/bench_e%d.s2la", save_at=()):
     """Fine-tune for `epochs` epochs; the cache (if any) is rebuilt from scratch, so epoch 1
     pays calibration and the cache build. Heap: gc.mem_alloc() after gc.collect(), before
     and after every epoch; every buffer of this function is allocated up front, so what

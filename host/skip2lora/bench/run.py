@@ -38,7 +38,8 @@ from skip2lora.model.export import adapted_logits
 from skip2lora.model.formats import (DTYPE_I8, dataset_from_arrays, decode_adapters,
                                      encode_dataset, read_model)
 from skip2lora.training.experiments import prepare, source_revision
-from skip2lora.training.reference import FinetuneConfig, count_macs, finetune
+from skip2lora.config import FinetuneConfig
+from skip2lora.training.reference import count_macs, finetune
 
 EPOCH_POINTS = (1, 5, 20, 50)
 TARGET_EPOCHS = 20  # the issue's targets are stated at 20 epochs
@@ -89,9 +90,9 @@ class BenchConfig:
     epochs_other: dict = None  # the same for the other scenarios (None: as the primary)
     n_samples: int = None      # cap on fine-tuning samples (evenly spaced); None: all
     epoch_points: tuple = EPOCH_POINTS
-    lr: float = 0.01
-    rank: int = 4
-    seed: int = 0
+    lr: float = FinetuneConfig.lr
+    rank: int = FinetuneConfig.rank
+    seed: int = FinetuneConfig.seed
     kernel_shapes: tuple = KERNEL_SHAPES
     kernel_min_us: int = 20000
     target_epochs: int = TARGET_EPOCHS  # where the targets are judged (one of epoch_points)
@@ -259,9 +260,8 @@ class _ImageWatch:
 def board_kernels(link, shapes, min_us, log=print):
     soft_reset(link)
     lines = _Lines()
-    code = "import s2l_bench as bench\nbench.kernels(%r, %d)\n" % ([list(s) for s in shapes],
-                                                                  min_us)
-    link.run(code, on_output=lines.feed, timeout=600)
+    link.call("s2l_bench.kernels", on_output=lines.feed, timeout=600,
+              shapes=[list(s) for s in shapes], min_us=min_us)
     out, missing = {}, []
     for r in lines.results:
         if r.get("missing"):
@@ -282,12 +282,10 @@ def board_run(link, spec, epochs, config, scenario_name, image_watch, log=print)
     """One method on the board: setup, per-epoch us, heap samples, checkpoint adapters."""
     save_at = _checkpoints(epochs, config.epoch_points)
     adapters = BOARD_DIR + "/bench_e%d.s2la"
-    call = (
-        "import s2l_bench as bench\nbench.train(%r, %r, method=%r, backend=%r, targets=%r, "
-        "epochs=%d, lr=%r, rank=%d, seed=%d, cache=%r, adapters=%r, save_at=%r)\n"
-        % (BOARD_MODEL, BOARD_DATASET, spec.method, spec.backend, spec.targets, epochs,
-           config.lr, config.rank, config.seed,
-           BOARD_CACHE if spec.method == "skip2lora" else None, adapters, save_at))
+    job = dict(model=BOARD_MODEL, data=BOARD_DATASET, method=spec.method, backend=spec.backend,
+               targets=spec.targets, epochs=epochs, lr=config.lr, rank=config.rank,
+               seed=config.seed, cache=BOARD_CACHE if spec.method == "skip2lora" else None,
+               adapters=adapters, save_at=save_at)
     short = scenario_name.split("-to-")[-1]
 
     def progress(rec):
@@ -299,7 +297,7 @@ def board_run(link, spec, epochs, config, scenario_name, image_watch, log=print)
     image_watch.start()
     lines = _Lines(progress)
     started = time.time()
-    link.run(call, on_output=lines.feed, timeout=3600)
+    link.call("s2l_bench.train", on_output=lines.feed, timeout=3600, **job)
     wall = time.time() - started
     results = [r for r in lines.results if r.get("kind") == "train"]
     if not results:
@@ -315,8 +313,8 @@ def board_run(link, spec, epochs, config, scenario_name, image_watch, log=print)
     res["adapters"] = {}
     for e, path, save_us, size in res["saves"]:
         res["adapters"][e] = link.read_file(path)
-        link.run("import os\nos.remove(%r)" % path)
-    link.run("import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass" % BOARD_CACHE)
+        link.script("remove", path=path)
+    link.script("remove", path=BOARD_CACHE, missing_ok=True)
     return res
 
 

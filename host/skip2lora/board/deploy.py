@@ -156,6 +156,6 @@ def sync(link, uploads, log=print, stale_dir=BOARD_LIB):
     wanted = {up.remote.rsplit("/", 1)[1] for up in uploads if up.remote.startswith(stale_dir + "/")}
     for name in link.listdir(stale_dir):
         if name not in wanted:
-            link.run(f"import os\nos.remove({stale_dir + '/' + name!r})")
+            link.script("remove", path=f"{stale_dir}/{name}")
             log(f"  removed   {stale_dir}/{name} (no longer shipped)")
     return written, skipped
