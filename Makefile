@@ -12,7 +12,7 @@ OUT ?= out/adapters
 PORT_ARG = $(if $(PORT),--port $(PORT),)
 VBOARD = $(if $(PORT),,vboard)
 
-.PHONY: help setup test demo paper bench figures kinds mutate flash finetune pull vboard clean
+.PHONY: help setup test demo paper bench figures kinds mutate device-files flash finetune pull vboard clean
 
 help:
 	@echo "make demo   - pre-train on one room, fine-tune on another with Skip2-LoRA, show the accuracy won back"
@@ -23,6 +23,7 @@ help:
 	@echo "make kinds  - the fan fine-tune on unix, Cortex-M0+ and M4F firmware: board time, heap, same bytes (docs/BOARD_KINDS.md)"
 	@echo "make demo EMULATE=cortex-m0plus   - the demo on emulated Cortex-M0+ firmware (or cortex-m4f)"
 	@echo "make mutate - mutation score of the fast host tests on formats, reference, quantize, budget, compiler"
+	@echo "make device-files - rewrite device/s2l/config.py and device/package.json from their sources"
 	@echo "make flash MODEL=m.s2lm [PORT=/dev/ttyACM0]   - device package + model to the board"
 	@echo "make finetune DATA=d.npz [EPOCHS=20] [PORT=…]  - fine-tune on the board"
 	@echo "make pull OUT=dir [PORT=…]                     - bring the adapters home"
@@ -63,6 +64,12 @@ figures: $(STAMP)
 	$(BIN)/skip2lora bench --from-json docs/BENCHMARKS.json --report docs/BENCHMARKS.md
 	$(BIN)/python tools/board_kinds.py --render
 	$(BIN)/python tools/readme_figures.py
+
+# Generated device files: the board's defaults from host/skip2lora/config.py, mip's package list
+# from device/manifest.py. Tests compare the committed files with the generators' output.
+device-files: $(STAMP)
+	$(BIN)/python tools/write_device_config.py
+	$(BIN)/python tools/write_package_json.py
 
 vboard: $(STAMP)
 	$(BIN)/skip2lora board start
