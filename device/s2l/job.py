@@ -11,7 +11,8 @@ import gc
 
 from . import config
 from .compat import S2LError, exists, remove
-from .formats import read_adapters
+from . import kernels
+from .formats import I8, read_adapters
 from .model import Model
 from .train import Trainer
 
@@ -32,6 +33,28 @@ def _epochs_on_flash(path):
         return 0
 
 
+def _kernels_first(model, method, backend):
+    """Load the fixed path's kernels before the model's arrays split the heap: the viper
+    module's machine code needs one long free run, which a loaded model leaves nowhere on a
+    192 KiB Cortex-M0+ heap (a 512-64-64-3 int8 model then failed at the trainer stage with
+    139 KB free; tools/budget_truth.py measures the need). Float models never load them."""
+    if method not in config.SKIP_METHODS or backend == "float":
+        return
+    try:
+        f = open(model, "rb")
+    except OSError:
+        return  # Model() says why
+    try:
+        head = f.read(10)  # the header's weight dtype is byte 9 (docs/formats.md)
+    finally:
+        f.close()
+    if len(head) == 10 and head[9] == I8:
+        try:
+            kernels.get(TRAINER_BACKEND.get(backend, backend))
+        except ImportError:
+            pass  # the Trainer reports it
+
+
 def finetune(model, data, adapters, cache=None, method=config.METHOD, epochs=config.EPOCHS,
              lr=config.LR, batch_size=config.BATCH_SIZE, seed=config.SEED, resume=False,
              backend=config.BACKEND, rank=None, momentum=config.MOMENTUM, targets=None):
@@ -49,6 +72,7 @@ def finetune(model, data, adapters, cache=None, method=config.METHOD, epochs=con
 
     stage = "model"
     try:
+        _kernels_first(model, method, backend)
         m = Model(model)
         stage = "trainer"
         t = Trainer(m, data, method=method, rank=rank, lr=lr, batch_size=batch_size,
