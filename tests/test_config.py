@@ -22,6 +22,7 @@ from skip2lora.commands.common import add_config_arguments
 from skip2lora.commands.finetune import job_arguments
 from skip2lora.config import FinetuneConfig
 from skip2lora.errors import UserError
+from skip2lora.training.step_size import lr_for_board
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,8 +72,10 @@ def _defaults(argv):
 
 def test_finetune_options_are_the_config_fields():
     args = _defaults(["finetune", "--data", "x.npz"])
-    for name in ("method", "epochs", "lr", "batch_size", "seed", "backend", "dataset_dtype"):
+    for name in ("method", "epochs", "batch_size", "seed", "backend", "dataset_dtype"):
         assert args[name] == getattr(FinetuneConfig, name), name
+    # lr: chosen on the host by default; the board's own default stays FinetuneConfig.lr
+    assert args["lr"] == config.LR_AUTO == "auto" and isinstance(FinetuneConfig.lr, float)
     assert args["rank"] is None and args["targets"] is None  # the model's, as before
     parsed = _defaults(["finetune", "--data", "x.npz", "--epochs", "3", "--lr", "0.5",
                         "--batch-size", "2", "--rank", "8", "--backend", "viper"])
@@ -128,7 +131,9 @@ def test_the_finetune_call_is_the_line_job_call_sent():
 
 
 def test_the_cli_defaults_send_the_same_line_as_before():
-    args = build_parser().parse_args(["finetune", "--data", "x.npz"])
+    args = build_parser().parse_args(["finetune", "--data", ":" + BOARD_DATASET])
+    # --lr auto needs the data on the host; for a dataset on the board it sends the board's default
+    args.lr = lr_for_board(args, None, "the model", log=lambda _: None)
     assert call_code("s2l.job.finetune", **job_arguments(args, BOARD_DATASET)) == \
         call_code("s2l.job.finetune", **job_arguments(_finetune_args(), BOARD_DATASET))
 

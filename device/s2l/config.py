@@ -8,6 +8,7 @@ KIND_PARALLEL = 1
 KIND_DELTA = 2
 BACKENDS = ('auto', 'viper', 'python', 'float')
 DATASET_DTYPES = ('int8', 'f32')
+LR_AUTO = 'auto'
 METHOD = 'skip2lora'
 RANK = 4
 ALPHA = None

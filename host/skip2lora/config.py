@@ -18,6 +18,10 @@ KIND_SKIP, KIND_PARALLEL, KIND_DELTA = 0, 1, 2
 
 BACKENDS = ("auto", "viper", "python", "float")  # the board's arithmetic
 DATASET_DTYPES = ("int8", "f32")
+# `skip2lora finetune`'s --lr default: the host chooses lr for the data being uploaded
+# (host/skip2lora/training/step_size.py) and sends the board a number. FinetuneConfig.lr is
+# the number the board uses when s2l.job.finetune is called without one.
+LR_AUTO = "auto"
 
 
 @dataclass
@@ -30,7 +34,9 @@ class FinetuneConfig:
     rank: int = field(default=4, metadata={"help": "adapter rank r"})
     alpha: float = field(default=None, metadata={
         "help": "LoRA alpha; adapters are scaled by alpha/r (default: r, scale 1)"})
-    lr: float = field(default=0.01, metadata={"help": "SGD learning rate"})
+    lr: float = field(default=0.01, metadata={
+        "help": "SGD learning rate, or auto: chosen on the host by training the method with "
+                "each lr of a small grid on a held-out split of the data"})
     epochs: int = field(default=20, metadata={
         "help": "epochs to train (in total: with --resume, counting those already done)"})
     batch_size: int = field(default=1, metadata={"help": "samples per SGD step"})

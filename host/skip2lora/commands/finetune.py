@@ -12,10 +12,11 @@ from pathlib import Path
 from skip2lora.board.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_MODEL,
                                   BoardInterrupted, BoardLink, parse_progress, sha256)
 from skip2lora.commands.common import add_config_arguments, add_port_argument
-from skip2lora.config import BOARD_METHODS, FinetuneConfig
+from skip2lora.config import BOARD_METHODS, LR_AUTO, FinetuneConfig
 from skip2lora.data.files import load_labelled
 from skip2lora.errors import UserError
 from skip2lora.model.formats import DTYPE_F32, DTYPE_I8, dataset_from_arrays, encode_dataset, read_model
+from skip2lora.training.step_size import lr_for_board, parse_lr
 
 # The FinetuneConfig fields that are options of `finetune` (their help and defaults are there).
 OPTIONS = ("method", "epochs", "lr", "batch_size", "rank", "seed", "targets", "dataset_dtype",
@@ -40,6 +41,7 @@ def register(subparsers):
     add_config_arguments(
         parser, FinetuneConfig, OPTIONS,
         method=dict(choices=BOARD_METHODS),
+        lr=dict(default=LR_AUTO, type=parse_lr),
         rank=dict(default=None, help="adapter rank (default: the model's)"),
         targets=dict(default=None,
                      help="layer inputs with a skip adapter: all, hidden, or 0-based indexes "
@@ -177,6 +179,7 @@ def run(args):
                 print(f"dataset: uploading {n} samples ({len(data):,} bytes) to "
                       f"{data_path}")
                 link.write_file(data_path, data)
+        args.lr = lr_for_board(args, model, model_name)
         print(f"training {args.method} on the board: {args.epochs} epochs, lr {args.lr}, "
               f"batch {args.batch_size}, seed {args.seed}")
         progress = Progress(args.epochs)
