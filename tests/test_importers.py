@@ -173,8 +173,8 @@ class CustomNet(nn.Module):
     (nn.Sequential(nn.Linear(4, 2)), "only Linear module '0'"),
     (nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2), nn.ReLU()), "ReLU module '3'"),
     (nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), "no ReLU between"),
-    (nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.BatchNorm1d(3), nn.Linear(3, 2)),
-     "BatchNorm1d module '2' comes after ReLU module '1'"),
+    (nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2)),
+     "ReLU module '3' follows BatchNorm1d module '2', which can only be folded into a linear"),
 ])
 def test_torch_unsupported(tmp_path, model, expected):
     torch.save(model.eval(), tmp_path / "m.pt")

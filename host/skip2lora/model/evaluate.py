@@ -9,8 +9,9 @@ import numpy as np
 from skip2lora.data.files import load_labelled
 from skip2lora.errors import UserError
 from skip2lora.metrics import score
-from skip2lora.model.export import adapted_logits, check_adapters, resolve_adapters, run_onnx
+from skip2lora.model.export import adapted_logits, check_adapters, resolve_adapters
 from skip2lora.model.formats import read_model, write_atomic
+from skip2lora.model.onnx_run import OnnxRunner
 
 @dataclass
 class Classifier:
@@ -44,42 +45,61 @@ def load_classifier(model_path, adapters_path=None):
             raise UserError("--adapters goes with a .s2lm model; an exported .onnx already "
                             "holds its adapters (export them with `skip2lora export`)",
                             model_path)
-        return _onnx_classifier(model_path, run_onnx)
+        return _onnx_classifier(model_path)
     raise UserError(f"unknown model type '{suffix or '(no extension)'}'; eval reads a compiled "
                     f".s2lm (with --adapters) or an .onnx (e.g. from `skip2lora export`)",
                     model_path)
 
 
-def _onnx_classifier(path, run_onnx):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise UserError("reading ONNX models needs the Python package 'onnxruntime': "
-                        "pip install 'skip2lora[onnx]'") from None
+_FLOAT_TENSORS = ("tensor(float)", "tensor(double)")
+
+
+def _scores_output(runner, path):
+    """(output, to_table): the output holding the class scores, and how to make it (n, C).
+
+    An exported or torch model has one, its logits. A scikit-learn classifier converted with
+    skl2onnx has two, the label first and the probabilities second: a float table, or with
+    ZipMap a list of {label: probability} dicts, whose keys are in class order.
+    """
+    outputs = runner.outputs
+    tables = [o for o in outputs if o.type in _FLOAT_TENSORS]
+    table = next((o for o in tables if len(o.shape) == 2), tables[0] if tables else None)
+    if table is not None:
+        return table, lambda out: np.asarray(out)
+    maps = [o for o in outputs if o.type.startswith("seq(map(")]
+    if maps:
+        return maps[0], lambda out: np.asarray([list(row.values()) for row in out], np.float64)
+    raise UserError(f"has outputs {[(o.name, o.type, o.shape) for o in outputs]}; eval needs one "
+                    f"of class scores, shape (batch, classes)", path)
+
+
+def _onnx_classifier(path):
     if not Path(path).is_file():
         raise UserError("no such file; check the path", path)
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise UserError(f"cannot load it with onnxruntime ({' '.join(str(exc).split())[:300]})",
-                        path) from None
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    shape = inputs[0].shape
-    if len(inputs) != 1 or len(shape) != 2 or not isinstance(shape[1], int):
+    runner = OnnxRunner(path, purpose=" on the data")
+    inputs = runner.inputs
+    if len(inputs) != 1 or len(runner.shape) < 2 or runner.n_features is None:
         raise UserError(f"takes inputs {[(i.name, i.shape) for i in inputs]}; eval needs one "
                         f"input of shape (batch, features)", path)
+    n_features = runner.n_features
+    output, to_table = _scores_output(runner, path)
 
     def logits(X):
-        return np.asarray(session.run(None, {inputs[0].name: np.asarray(X, np.float32)})[0])
+        return to_table(runner.run(X, [output.name])[0])
 
-    n_classes = outputs[0].shape[1] if len(outputs[0].shape) == 2 else None
+    n_classes = output.shape[1] if len(output.shape) == 2 else None
     if not isinstance(n_classes, int):
-        probe = logits(np.zeros((1, shape[1]), np.float32))
+        probe = logits(np.zeros((1, n_features), np.float32))
         if probe.ndim != 2:
             raise UserError(f"returns shape {probe.shape}; eval needs (batch, classes)", path)
         n_classes = probe.shape[1]
-    return Classifier(str(path), shape[1], n_classes, logits,
-                      f"{path} (ONNX, {shape[1]} inputs, {n_classes} classes)")
+    notes = [f"{n_features} inputs", f"{n_classes} classes"]
+    if runner.batch:
+        notes.append(f"fixed batch {runner.batch}, fed in chunks of that size")
+    if output is not runner.outputs[0] or len(runner.outputs) > 1:
+        notes.append(f"scores from output '{output.name}'")
+    return Classifier(str(path), n_features, n_classes, logits,
+                      f"{path} (ONNX, {', '.join(notes)})")
 
 
 def evaluate(model_path, data_path, adapters_path=None):

@@ -24,6 +24,7 @@ from skip2lora.model.formats import (
     KIND_DELTA, KIND_PARALLEL, KIND_SKIP, AdapterFile, ModelFile, read_adapters)
 from skip2lora.model.formats import write_atomic  # temp file, fsync, os.replace
 from skip2lora.model import peft
+from skip2lora.model.onnx_run import run_onnx  # onnxruntime, any declared batch size
 from skip2lora.training.reference import Plan, forward
 
 OPSET = 17
@@ -259,18 +260,6 @@ def build_onnx(model, adapters=None, merge=True):
     helper.set_model_props(proto, props)
     onnx.checker.check_model(proto, full_check=True)
     return proto, merged, branches
-
-
-def run_onnx(path_or_bytes, X):
-    """Outputs of the first output of an ONNX model on float32 X, with onnxruntime."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise UserError("running ONNX models needs the Python package 'onnxruntime': "
-                        "pip install 'skip2lora[onnx]'") from None
-    session = ort.InferenceSession(path_or_bytes, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return session.run(None, {name: np.asarray(X, np.float32)})[0]
 
 
 def export_onnx(model: ModelFile, adapters: AdapterFile = None, path="adapted.onnx", merge=True,

@@ -18,16 +18,23 @@ import numpy as np
 
 from skip2lora.errors import UserError
 from skip2lora.model.network import Dense, Network
+from skip2lora.model.onnx_run import OnnxRunner
 
-ONNX_SUPPORTED = ("Gemm, MatMul (+ Add of a constant bias), Relu, BatchNormalization after a "
-                  "linear layer, Flatten, Identity, Dropout, and a trailing Softmax/LogSoftmax")
-TORCH_SUPPORTED = ("Linear, ReLU, BatchNorm1d after a Linear, Dropout, Flatten, Identity, a "
-                   "trailing Softmax/LogSoftmax, inside nn.Sequential (nesting allowed)")
+ONNX_SUPPORTED = ("Gemm, MatMul (+ Add of a constant bias), Relu, BatchNormalization, Scaler "
+                  "and Add/Sub/Mul/Div by per-feature constants (folded into the adjacent linear "
+                  "layer), Flatten, Identity, Dropout, Cast to float, a trailing "
+                  "Softmax/LogSoftmax, or a Sigmoid after a one-unit last layer (binary)")
+TORCH_SUPPORTED = ("Linear, ReLU, BatchNorm1d (folded into the adjacent Linear), Dropout, "
+                   "Flatten, Identity, a trailing Softmax/LogSoftmax, or a Sigmoid after a "
+                   "one-unit last Linear (binary), inside nn.Sequential (nesting allowed)")
 ONNX_EXTENSIONS = (".onnx",)
 TORCH_EXTENSIONS = (".pt", ".pth", ".ptl", ".torchscript")
 
 # Output of the original model, so the verifier maps the compiled logits into the same space.
 LOGITS, SOFTMAX, LOG_SOFTMAX = "logits", "softmax", "log_softmax"
+# The assembler's word for a final sigmoid on one unit, which it turns into two logits [0, z];
+# the importer then maps the original's output to [1 - p, p] and reports SOFTMAX.
+SIGMOID = "sigmoid"
 
 
 @dataclass
@@ -45,12 +52,14 @@ class ImportedModel:
 class _Step:
     """One operation of the chain, as both importers describe it to the assembler."""
 
-    kind: str  # "linear", "batchnorm", "bias", "relu", "softmax", "log_softmax"
+    kind: str  # "linear", "batchnorm", "bias", "scale", "relu", "softmax", "log_softmax",
+    #            "sigmoid", "activation" (any other: refused with the retrain hint)
     where: str  # how the user recognises it in error messages: "Gemm node 'fc1'"
     name: str = ""
     weight: np.ndarray = None  # linear: (out, in)
     bias: np.ndarray = None  # linear and bias: (out,)
     bn: tuple = None  # batchnorm: (gamma, beta, mean, var, eps)
+    scale: np.ndarray = None  # scale: per-feature factor, or one for all
 
 
 def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps):
@@ -76,26 +85,53 @@ def _check_finite(where, what, array, path):
                         f"model is broken (a diverged training run?), fix or retrain it", path)
 
 
+def _affine(step):
+    """(s, t) of a batch-norm, bias or scale step read as y = s * x + t, per feature."""
+    if step.kind == "batchnorm":
+        gamma, beta, mean, var, eps = (np.asarray(v, np.float64) for v in step.bn)
+        s = gamma / np.sqrt(var + eps)
+        return s.reshape(-1), (beta - mean * s).reshape(-1)
+    if step.kind == "bias":
+        return np.ones(1), np.asarray(step.bias, np.float64).reshape(-1)
+    return np.asarray(step.scale, np.float64).reshape(-1), np.zeros(1)
+
+
+def _activation_hint(where):
+    return (f"{where} is an activation the board does not compute (it applies ReLU between "
+            f"layers, and nothing else); retrain the model with ReLU (scikit-learn: "
+            f"MLPClassifier(activation='relu'), its default; torch: nn.ReLU)")
+
+
 def _assemble(steps, supported, dropped, path=None):
     """Build the Network from the steps, enforcing Linear (BN) ReLU ... Linear [softmax].
 
     `dropped` lists what the importer removed (Dropout, Flatten, Identity) for the notes.
-    Every weight, bias and batch-norm statistic must be finite.
+    Every weight, bias and batch-norm statistic must be finite. A per-feature affine map (a
+    batch-norm, a bias, a scale) folds into the rows of the linear layer it directly follows, or,
+    where no linear layer precedes it (the model's input, after a ReLU), into the columns of the
+    linear layer that comes next: an input standardisation (scikit-learn's StandardScaler) is
+    one. A final sigmoid on one output unit (a binary classifier) becomes two logits [0, z].
     """
     layers, notes = [], list(dropped)
     names = []  # the linear step of each layer, for messages
     relu_after = []  # per layer: the ReLU step that followed it, or None
     output = LOGITS
+    pending = None  # (s, t, wheres): an affine map waiting for the next linear layer's columns
 
     def fail(message):
         raise UserError(f"{message}; skip2lora compiles a chain Linear, ReLU, ..., Linear "
                         f"(supported: {supported})", path)
+
+    def pending_names():
+        return ", ".join(dict.fromkeys(pending[2]))
 
     for step in steps:
         if step.weight is not None:
             _check_finite(step.where, "weight", step.weight, path)
         if step.bias is not None:
             _check_finite(step.where, "bias", step.bias, path)
+        if step.scale is not None:
+            _check_finite(step.where, "scale", step.scale, path)
         if step.bn is not None:
             for what, value in zip(("scale (gamma)", "bias (beta)", "running mean",
                                     "running variance", "epsilon"), step.bn):
@@ -108,45 +144,99 @@ def _assemble(steps, supported, dropped, path=None):
         if output != LOGITS:
             fail(f"{step.where} follows the final {output.replace('_', '')} {steps[i - 1].where}; "
                  f"a softmax is only allowed as the very last operation")
+        after_linear = bool(layers) and relu_after[-1] is None  # folds into that layer's rows
         if step.kind == "linear":
-            if layers and relu_after[-1] is None:
-                fail(f"{step.where} follows {names[-1]} with no ReLU between them")
-            w = np.asarray(step.weight, np.float32)
-            b = np.zeros(w.shape[0]) if step.bias is None else step.bias
+            if after_linear:
+                fail(f"{step.where} follows {names[-1]} with no ReLU between them (a linear "
+                     f"or identity activation: retrain with ReLU, e.g. scikit-learn's "
+                     f"MLPClassifier(activation='relu'))")
+            w = np.asarray(step.weight, np.float64)
+            b = np.zeros(w.shape[0]) if step.bias is None else np.asarray(step.bias, np.float64)
+            b = b.reshape(-1)
             if layers and w.shape[1] != layers[-1].d_out:
                 fail(f"{step.where} takes {w.shape[1]} inputs but {names[-1]} gives "
                      f"{layers[-1].d_out}")
-            layers.append(Dense(w, np.asarray(b, np.float32).reshape(-1), step.name))
+            if pending is not None:
+                s, t, _ = pending
+                if s.size not in (1, w.shape[1]) or t.size not in (1, w.shape[1]):
+                    fail(f"{pending_names()} has {max(s.size, t.size)} values per sample but "
+                         f"{step.where} takes {w.shape[1]} inputs")
+                b = b + w @ np.broadcast_to(t, (w.shape[1],))
+                w = w * np.broadcast_to(s, (w.shape[1],))[None, :]
+                notes.append(f"folded {pending_names()} into {step.where} (W diag(s), b + W t): "
+                             f"the compiled model reads the features as they are before it, "
+                             f"unscaled")
+                pending = None
+            layers.append(Dense(w.astype(np.float32), b.astype(np.float32), step.name))
             names.append(step.where)
             relu_after.append(None)
-        elif step.kind in ("batchnorm", "bias"):
-            if not layers or relu_after[-1] is not None:
-                after = f"after {relu_after[-1].where}" if layers else "before any linear layer"
-                fail(f"{step.where} comes {after}; it can only directly follow a linear layer, "
-                     f"into which it is folded")
-            layer = layers[-1]
-            if step.kind == "bias":
-                if step.bias.size not in (1, layer.d_out):
-                    fail(f"{step.where} adds {step.bias.size} values to the {layer.d_out} outputs "
-                         f"of {names[-1]}")
-                layer.bias = (layer.bias.astype(np.float64) + step.bias).astype(np.float32)
-            else:
-                if len(step.bn[0]) != layer.d_out:
-                    fail(f"{step.where} normalises {len(step.bn[0])} channels but {names[-1]} "
+        elif step.kind in ("batchnorm", "bias", "scale"):
+            s, t = _affine(step)
+            if after_linear:
+                layer = layers[-1]
+                if max(s.size, t.size) not in (1, layer.d_out):
+                    what = "normalises" if step.kind == "batchnorm" else "acts on"
+                    fail(f"{step.where} {what} {max(s.size, t.size)} values but {names[-1]} "
                          f"gives {layer.d_out}")
-                layer.weight, layer.bias = fold_batchnorm(layer.weight, layer.bias, *step.bn)
-                notes.append(f"folded {step.where} into {names[-1]}")
+                if step.kind == "batchnorm":
+                    layer.weight, layer.bias = fold_batchnorm(layer.weight, layer.bias, *step.bn)
+                else:
+                    w = np.asarray(layer.weight, np.float64) * s[:, None]
+                    b = np.asarray(layer.bias, np.float64) * s + t
+                    layer.weight, layer.bias = w.astype(np.float32), b.astype(np.float32)
+                if step.kind != "bias":  # a bias after a MatMul is the usual ONNX layer
+                    notes.append(f"folded {step.where} into {names[-1]}")
+            else:
+                width = layers[-1].d_out if layers else None
+                if width is not None and max(s.size, t.size) not in (1, width):
+                    fail(f"{step.where} acts on {max(s.size, t.size)} values but "
+                         f"{relu_after[-1].where} gives {width}")
+                if pending is None:
+                    pending = (np.ones(1), np.zeros(1), [])
+                ps, pt, wheres = pending
+                try:
+                    pending = (ps * s, pt * s + t, wheres + [step.where])
+                except ValueError:  # the two do not broadcast
+                    fail(f"{step.where} acts on {max(s.size, t.size)} values but "
+                         f"{pending_names()} on {max(ps.size, pt.size)}")
         elif step.kind == "relu":
+            if pending is not None:
+                fail(f"{step.where} follows {pending_names()}, which can only be folded into a "
+                     f"linear layer that comes next")
             if not layers:
                 fail(f"{step.where} comes before any linear layer")
             if relu_after[-1] is not None:
                 notes.append(f"dropped {step.where}: a second ReLU in a row changes nothing")
             else:
                 relu_after[-1] = step
+        elif step.kind == "activation":
+            fail(_activation_hint(step.where))
+        elif step.kind == "sigmoid":
+            if i < len(steps) - 1:
+                fail(_activation_hint(step.where))
+            if not after_linear or pending is not None:
+                fail(f"{step.where} does not directly follow a linear layer; a final sigmoid "
+                     f"must come right after the last one")
+            layer = layers[-1]
+            if layer.d_out != 1:
+                fail(f"{step.where} squashes each of the {layer.d_out} outputs of {names[-1]} "
+                     f"on its own (multi-label); the board trains classes that compete "
+                     f"(softmax), so end the model in raw logits or a softmax")
+            layer.weight = np.vstack([np.zeros_like(layer.weight), layer.weight])
+            layer.bias = np.concatenate([np.zeros_like(layer.bias), layer.bias])
+            output = SIGMOID
+            notes.append(f"the binary classifier's one logistic unit z ({names[-1]}, then "
+                         f"{step.where}) became two logits [0, z]: softmax([0, z]) = "
+                         f"[1 - sigmoid(z), sigmoid(z)], so class 1 is predicted exactly when "
+                         f"sigmoid(z) > 0.5")
         else:  # softmax / log_softmax
+            if pending is not None:
+                fail(f"{pending_names()} is not followed by a linear layer to fold it into")
             output = step.kind
             notes.append(f"dropped the trailing {step.where}: the board works on logits, and "
                          f"the predicted class (argmax) is the same")
+    if pending is not None:
+        fail(f"{pending_names()} is not followed by a linear layer to fold it into")
     if len(layers) < 2:
         found = f"only {names[0]}" if layers else "no linear layer"
         fail(f"found {found}; the model needs at least two linear layers (a hidden layer and "
@@ -224,17 +314,103 @@ def _onnx_where(node):
     return f"{node.op_type} node '{node.name or node.output[0]}'"
 
 
+# What may follow the class scores in a graph with several outputs: a classifier's
+# post-processing (skl2onnx writes ArgMax, ArrayFeatureExtractor of the labels, Reshape, Cast,
+# ZipMap, and for a binary classifier Sub and Concat into [1 - p, p]). None of it is compiled.
+ONNX_HEAD_OPS = ("ArgMax", "ArrayFeatureExtractor", "ZipMap", "Reshape", "Cast", "Identity",
+                 "Sub", "Concat", "Softmax", "LogSoftmax", "Squeeze", "Unsqueeze", "Flatten")
+# Activations other than ReLU: refused with the hint to retrain with ReLU.
+ONNX_ACTIVATIONS = ("Tanh", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "Softplus", "Softsign",
+                    "HardSigmoid", "HardSwish", "Mish", "PRelu", "ThresholdedRelu", "Clip")
+
+
+@dataclass
+class _OnnxWalk:
+    """What _onnx_steps found: the steps, the tensor they end at, what was left out."""
+
+    steps: list
+    dropped: list
+    graph_input: object  # the input's ValueInfoProto
+    scores: str  # the tensor the chain ends at: the graph's output, or where the head starts
+    head: list  # the post-processing nodes after `scores` (graphs with several outputs)
+    labels: list = None  # the classifier's class labels, if its post-processing names them
+
+
+def _classifier_head(nodes, consts, start, outputs, path):
+    """(trunk nodes, scores tensor, head nodes) of a graph with several outputs.
+
+    The trunk is the plain chain from the input up to the first tensor that is a graph output
+    or read by more than one node: a classifier's scores (logits, probabilities), which its
+    post-processing turns into a label and a probability table. Every other node must be such
+    post-processing, computed from the scores alone, and every output must come from it.
+    """
+    consumers = {}
+    for node in nodes:
+        for name in node.input:
+            if name and name not in consts:
+                consumers.setdefault(name, []).append(node)
+    trunk, current = [], start
+    while current not in outputs and len(consumers.get(current, ())) == 1:
+        node = consumers[current][0]
+        if [name for name in node.input if name and name not in consts] != [current]:
+            break
+        trunk.append(node)
+        current = node.output[0]
+    in_trunk = {id(node) for node in trunk}
+    head = [node for node in nodes if id(node) not in in_trunk]
+    produced = {current}
+    for node in head:  # graph order is topological in a valid model
+        strays = [name for name in node.input
+                  if name and name not in consts and name not in produced]
+        if node.op_type not in ONNX_HEAD_OPS or strays:
+            why = (f"reads '{strays[0]}', which is computed before them"
+                   if node.op_type in ONNX_HEAD_OPS else "is not such post-processing")
+            raise UserError(f"{_onnx_where(node)}: the graph has {len(outputs)} outputs "
+                            f"({', '.join(outputs)}); skip2lora compiles the chain up to a "
+                            f"classifier's scores ('{current}' here) and leaves out the "
+                            f"post-processing of them ({', '.join(ONNX_HEAD_OPS)}), but this "
+                            f"node {why}; export the model with the logits as its one output",
+                            path)
+        produced.update(name for name in node.output if name)
+    missing = [name for name in outputs if name not in produced]
+    if missing:
+        raise UserError(f"the graph output '{missing[0]}' is not computed from the class "
+                        f"scores '{current}'; export the model with the logits as its one "
+                        f"output", path)
+    return trunk, current, head
+
+
+def _head_labels(head, consts):
+    """The class labels a classifier's post-processing maps the argmax to, or None."""
+    for node in head:
+        if node.op_type == "ZipMap":
+            attrs = _onnx_attrs(node)
+            for key in ("classlabels_int64s", "classlabels_strings"):
+                if attrs.get(key):
+                    return [v.decode() if isinstance(v, bytes) else int(v) for v in attrs[key]]
+        if node.op_type == "ArrayFeatureExtractor" and node.input[0] in consts:
+            values = np.asarray(consts[node.input[0]]).reshape(-1)
+            return [v.decode() if isinstance(v, bytes) else v.item() for v in values]
+    return None
+
+
 def _onnx_steps(graph, path):
-    """Walk the graph from its input to its output and describe each node as a _Step."""
+    """Walk the graph from its input to its scores and describe each node as a _Step."""
+    onnx = _load_optional("onnx", "onnx")
     consts = _onnx_constants(graph, path)
     inputs = [i for i in graph.input if i.name not in consts]
     if len(inputs) != 1:
         raise UserError(f"the graph has {len(inputs)} inputs "
                         f"({', '.join(i.name for i in inputs)}); expected one feature vector", path)
-    if len(graph.output) != 1:
-        raise UserError(f"the graph has {len(graph.output)} outputs; expected one (the logits)",
-                        path)
+    outputs = [o.name for o in graph.output]
+    if not outputs:
+        raise UserError("the graph has no outputs; expected one (the logits)", path)
+    nodes = [node for node in graph.node if node.output[0] not in consts]  # not Constant & co.
     current = inputs[0].name
+    if len(outputs) == 1:
+        trunk, scores, head = nodes, outputs[0], []
+    else:
+        trunk, scores, head = _classifier_head(nodes, consts, current, outputs, path)
     steps, dropped = [], []
 
     def fail(node, message):
@@ -246,9 +422,7 @@ def _onnx_steps(graph, path):
             fail(node, f"its {what} is not a constant (initializer or Constant node)")
         return np.asarray(consts[node.input[index]])
 
-    for node in graph.node:
-        if node.output[0] in consts:
-            continue  # Constant, or Identity of a constant: already evaluated
+    for node in trunk:
         live = [name for name in node.input if name and name not in consts]
         if live != [current]:
             if len(live) > 1:
@@ -277,9 +451,32 @@ def _onnx_steps(graph, path):
             if w.ndim != 2:
                 fail(node, f"its weight has shape {w.shape}; expected a 2-D matrix")
             steps.append(_Step("linear", where, name, w.T))
-        elif op == "Add":
-            c = const(node, 1 if node.input[0] == current else 0, "bias")
-            steps.append(_Step("bias", where, name, bias=c.astype(np.float64).reshape(-1)))
+        elif op in ("Add", "Sub", "Mul", "Div"):
+            first = node.input[0] == current
+            c = const(node, 1 if first else 0, "other operand").astype(np.float64)
+            if c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+                fail(node, f"its constant has shape {c.shape}; expected a scalar or one value "
+                           f"per feature, (d,) or (1, d)")
+            c = c.reshape(-1)
+            if op == "Add":
+                steps.append(_Step("bias", where, name, bias=c))
+            elif op == "Mul":
+                steps.append(_Step("scale", where, name, scale=c))
+            elif op == "Sub" and first:  # x - c
+                steps.append(_Step("bias", where, name, bias=-c))
+            elif op == "Sub":  # c - x
+                steps += [_Step("scale", where, name, scale=-np.ones(1)),
+                          _Step("bias", where, name, bias=c)]
+            elif not first:
+                fail(node, "it divides a constant by the features, which is not a linear map")
+            else:
+                with np.errstate(divide="ignore"):
+                    steps.append(_Step("scale", where, name, scale=1.0 / c))
+        elif op == "Scaler":  # ai.onnx.ml: (x - offset) * scale, e.g. a StandardScaler
+            offset = np.asarray(attrs.get("offset", [0.0]), np.float64).reshape(-1)
+            factor = np.asarray(attrs.get("scale", [1.0]), np.float64).reshape(-1)
+            steps += [_Step("bias", where, name, bias=-offset),
+                      _Step("scale", where, name, scale=factor)]
         elif op == "BatchNormalization":
             if attrs.get("training_mode", 0):
                 fail(node, "it is exported in training mode; export the model after model.eval()")
@@ -291,10 +488,21 @@ def _onnx_steps(graph, path):
                                bn=(gamma, beta, mean, var, attrs.get("epsilon", 1e-5))))
         elif op == "Relu":
             steps.append(_Step("relu", where, name))
+        elif op == "Sigmoid":
+            steps.append(_Step("sigmoid", where, name))
+        elif op in ONNX_ACTIVATIONS:
+            steps.append(_Step("activation", where, name))
         elif op in ("Softmax", "LogSoftmax"):
             if attrs.get("axis", -1 if op == "Softmax" else 1) not in (1, -1):
                 fail(node, f"it runs over axis {attrs['axis']}, not over the classes (axis 1)")
             steps.append(_Step("softmax" if op == "Softmax" else "log_softmax", where, name))
+        elif op == "Cast":
+            to = attrs.get("to")
+            if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+                fail(node, f"it casts to {onnx.TensorProto.DataType.Name(to)}, which changes the "
+                           f"values; only a cast to float or double is dropped")
+            dropped.append(f"dropped {where} (to {onnx.TensorProto.DataType.Name(to).lower()}: "
+                           f"no effect on float features)")
         elif op in ("Flatten", "Identity", "Dropout"):
             if op == "Flatten" and attrs.get("axis", 1) != 1:
                 fail(node, f"it flattens from axis {attrs['axis']}; only axis 1 keeps the batch")
@@ -304,10 +512,44 @@ def _onnx_steps(graph, path):
         else:
             fail(node, "this op is not supported")
         current = node.output[0]
-    if current != graph.output[0].name:
-        raise UserError(f"the graph output '{graph.output[0].name}' is not the end of the chain "
+    if current != scores:
+        raise UserError(f"the graph output '{scores}' is not the end of the chain "
                         f"that starts at the input (which ends at '{current}')", path)
-    return steps, dropped, inputs[0]
+    return _OnnxWalk(steps, dropped, inputs[0], scores, head,
+                     _head_labels(head, consts) if head else None)
+
+
+def _head_notes(walk, outputs, n_classes):
+    """What the compiled model leaves out of a classifier graph, and how its classes map."""
+    ops = ", ".join(dict.fromkeys(node.op_type for node in walk.head))
+    notes = [f"took the class scores at '{walk.scores}' and left out the post-processing after "
+             f"them ({ops}), which gives the outputs {', '.join(outputs)}"]
+    labels = walk.labels
+    if labels is not None and list(labels) != list(range(n_classes)):
+        shown = ", ".join(map(str, labels[:12])) + (", ..." if len(labels) > 12 else "")
+        notes.append(f"the classifier's labels are [{shown}]; the board numbers the classes "
+                     f"0..{n_classes - 1} in that order, so give the data's labels as those "
+                     f"indexes")
+    return notes
+
+
+def _runnable(onnx, proto, walk):
+    """The model bytes with the scores tensor as a graph output, so onnxruntime can return it."""
+    if walk.scores in {o.name for o in proto.graph.output}:
+        return proto.SerializeToString()
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    info = None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+        info = next((v for v in inferred.graph.value_info if v.name == walk.scores), None)
+    except Exception:  # noqa: BLE001 - inference is a nicety; the type is known anyway
+        pass
+    if info is None:
+        info = onnx.helper.make_tensor_value_info(
+            walk.scores, walk.graph_input.type.tensor_type.elem_type, None)
+    copy.graph.output.append(info)
+    return copy.SerializeToString()
 
 
 def import_onnx(path):
@@ -323,39 +565,28 @@ def import_onnx(path):
     if not proto.graph.node:
         raise UserError("cannot read it as an ONNX model (the graph has no nodes)", path)
     with _malformed(path, "an ONNX model"):
-        steps, dropped, graph_input = _onnx_steps(proto.graph, path)
-        network, output = _assemble(steps, ONNX_SUPPORTED, dropped, path)
-    elem_type = graph_input.type.tensor_type.elem_type
+        walk = _onnx_steps(proto.graph, path)
+        network, output = _assemble(walk.steps, ONNX_SUPPORTED, walk.dropped, path)
+        if walk.head:
+            outputs = [o.name for o in proto.graph.output]
+            network.notes.extend(_head_notes(walk, outputs, network.n_classes))
+        serialized = _runnable(onnx, proto, walk)
+    elem_type = walk.graph_input.type.tensor_type.elem_type
     if elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
-        raise UserError(f"the input '{graph_input.name}' has element type "
+        raise UserError(f"the input '{walk.graph_input.name}' has element type "
                         f"{onnx.TensorProto.DataType.Name(elem_type)}; expected float", path)
-    input_dtype = np.float64 if elem_type == onnx.TensorProto.DOUBLE else np.float32
-    shape = [d.dim_value if d.HasField("dim_value") else None
-             for d in graph_input.type.tensor_type.shape.dim]
-    serialized = proto.SerializeToString()
+    sigmoid = output == SIGMOID
+    runner = []  # one onnxruntime session, made on the first run
 
     def run(x):
-        """Feed x in the declared input shape: a fixed batch size (a model exported without a
-        dynamic batch axis) gets zero-padded chunks of that size."""
-        ort = _load_optional("onnxruntime", "onnx")
-        x = np.asarray(x, input_dtype)
-        if len(shape) > 2 and all(shape[1:]):  # e.g. (n, 1, 28, 28) before a Flatten
-            x = x.reshape([len(x)] + shape[1:])
-        batch = shape[0] if shape and shape[0] else len(x)
-        try:
-            session = ort.InferenceSession(serialized, providers=["CPUExecutionProvider"])
-            outputs = []
-            for start in range(0, len(x), batch):
-                chunk = x[start:start + batch]
-                padded = np.concatenate([chunk, np.zeros((batch - len(chunk),) + x.shape[1:],
-                                                         x.dtype)])
-                outputs.append(session.run(None, {graph_input.name: padded})[0][:len(chunk)])
-        except Exception as exc:  # onnxruntime has no public exception base class
-            raise UserError(f"onnxruntime cannot run the model to check it: "
-                            f"{str(exc).splitlines()[0]}", path) from None
-        return np.concatenate(outputs)
+        """The original's scores for x (a fixed batch size is fed in chunks of that size); a
+        binary classifier's sigmoid p comes back as [1 - p, p], the softmax of [0, z]."""
+        if not runner:
+            runner.append(OnnxRunner(serialized, path, " to check the compiled model"))
+        scores = np.asarray(runner[0].run(x, [walk.scores])[0], np.float64)
+        return np.concatenate([1.0 - scores, scores], axis=1) if sigmoid else scores
 
-    return ImportedModel(network, "onnx", run, output, "onnxruntime")
+    return ImportedModel(network, "onnx", run, SOFTMAX if sigmoid else output, "onnxruntime")
 
 
 # ------------------------------------------------------------------ torch
@@ -378,7 +609,11 @@ def _torch_kind(module, nn):
 
 
 _TORCH_KINDS = ("Sequential", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Flatten", "Identity",
-                "Softmax", "LogSoftmax")
+                "Softmax", "LogSoftmax", "Sigmoid")
+# Activations other than ReLU: refused with the hint to retrain with ReLU.
+_TORCH_ACTIVATIONS = ("Tanh", "LeakyReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",
+                      "Softplus", "Softsign", "Hardtanh", "Hardsigmoid", "Hardswish", "PReLU",
+                      "ReLU6", "RReLU", "LogSigmoid", "Tanhshrink")
 
 
 def _script_constant(module, attr, op, index):
@@ -405,6 +640,9 @@ def _torch_steps(module, path, nn, prefix="", steps=None, dropped=None):
         qualified = f"{prefix}{child_name}"
         kind = _torch_kind(child, nn)
         where = f"{_torch_type(child)} module '{qualified}'"
+        if kind is None and _torch_type(child) in _TORCH_ACTIVATIONS:
+            steps.append(_Step("activation", where, qualified))  # refused with its hint
+            continue
         if kind is None:
             raise UserError(f"{where} is not supported (a custom module or a layer type "
                             f"skip2lora does not compile); supported: {TORCH_SUPPORTED}. For a "
@@ -427,6 +665,8 @@ def _torch_steps(module, path, nn, prefix="", steps=None, dropped=None):
                                    _numpy(child.running_var), 1e-5 if eps is None else eps)))
         elif kind == "ReLU":
             steps.append(_Step("relu", where, qualified))
+        elif kind == "Sigmoid":
+            steps.append(_Step("sigmoid", where, qualified))
         elif kind in ("Softmax", "LogSoftmax"):
             op = "aten::softmax" if kind == "Softmax" else "aten::log_softmax"
             dim = _script_constant(child, "dim", op, 1)
@@ -491,12 +731,16 @@ def import_torch(path):
     params = list(module.parameters())
     dtype = params[0].dtype if params else torch.float32
 
-    def run(x):
-        with torch.no_grad():
-            out = module(torch.from_numpy(np.asarray(x)).to(dtype))
-        return out.double().numpy()
+    sigmoid = output == SIGMOID
 
-    return ImportedModel(network, source, run, output,
+    def run(x):
+        """The module's outputs for x; a binary classifier's sigmoid p comes back as [1 - p, p],
+        the softmax of the two logits [0, z] it was compiled to."""
+        with torch.no_grad():
+            out = module(torch.from_numpy(np.asarray(x)).to(dtype)).double().numpy()
+        return np.concatenate([1.0 - out, out], axis=1) if sigmoid else out
+
+    return ImportedModel(network, source, run, SOFTMAX if sigmoid else output,
                          "torch.jit" if source == "torchscript" else "torch")
 
 
