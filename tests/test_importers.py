@@ -4,6 +4,7 @@ unsupported construct is refused with a message naming what was found and what i
 The model builders here are imported by the other compile tests (test_compiler, test_boards,
 test_cli), so every test exercises the same models.
 """
+import re
 import warnings
 
 import numpy as np
@@ -303,3 +304,104 @@ def test_missing_file(tmp_path):
     for name in ("nope.onnx", "nope.pt"):
         with pytest.raises(UserError, match="no such file"):
             import_model(tmp_path / name)
+
+
+# ------------------------------------------------------------------ affine maps folded
+
+def test_torch_batchnorm_on_the_input_and_after_a_relu_folds_into_the_next_linear(tmp_path):
+    """BatchNorm1d before the first Linear (an input standardisation) and between a ReLU and the
+    next Linear is an affine map of that Linear's input: folded into its columns."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 5), nn.ReLU(), nn.BatchNorm1d(5),
+                          nn.Linear(5, 3))
+    with torch.no_grad():
+        for bn in (model[0], model[3]):
+            bn.running_mean.normal_(3.0, 2.0)
+            bn.running_var.uniform_(0.01, 30.0)
+            bn.weight.normal_(1.0, 0.5)
+            bn.bias.normal_(0.0, 0.5)
+    torch.save(model.eval(), tmp_path / "m.pt")
+    net = import_torch(tmp_path / "m.pt").network
+    assert net.dims == [6, 5, 3]
+    assert sum("folded BatchNorm1d" in n for n in net.notes) == 2
+    x = np.random.default_rng(0).uniform(0, 16, (32, 6)).astype(np.float32)  # raw, large scale
+    assert_same_logits(net, model, x)
+
+
+def test_onnx_input_normalisation_and_output_scaling_fold(tmp_path):
+    """(x - mean) / std before the first Gemm, a Mul after it, c - x before the second: each an
+    affine map, folded; the result is checked against numpy's own evaluation of the graph."""
+    w0, b0, w1, b1 = rng_weights(5, (5, 6), (5,), (3, 5), (3,))
+    mean = np.linspace(0, 12, 6).astype(np.float32)
+    std = np.linspace(0.5, 4, 6).astype(np.float32)
+    k = np.linspace(-2, 2, 5).astype(np.float32)
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["c"], "center"),
+             helper.make_node("Div", ["c", "std"], ["s"], "scale"),
+             helper.make_node("Gemm", ["s", "W0", "b0"], ["h0"], "fc0", transB=1),
+             helper.make_node("Mul", ["h0", "k"], ["m0"], "gain"),
+             helper.make_node("Relu", ["m0"], ["r0"], "relu0"),
+             helper.make_node("Sub", ["one", "r0"], ["n0"], "flip"),
+             helper.make_node("Gemm", ["n0", "W1", "b1"], ["y"], "fc1", transB=1)]
+    path = onnx_graph(tmp_path / "m.onnx", nodes, dict(W0=w0, b0=b0, W1=w1, b1=b1, mean=mean,
+                                                       std=std, k=k, one=np.ones(1)), 6)
+    imported = import_onnx(path)
+    assert imported.network.dims == [6, 5, 3]
+    x = np.random.default_rng(1).uniform(0, 16, (20, 6))
+    r0 = np.maximum(((x - mean) / std @ w0.T + b0) * k, 0)
+    expected = (1 - r0) @ w1.T + b1
+    np.testing.assert_allclose(imported.network.forward(x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(imported.run(x), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_torch_binary_sigmoid_becomes_two_logits(tmp_path):
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 1), nn.Sigmoid()).eval()
+    torch.save(model, tmp_path / "m.pt")
+    imported = import_torch(tmp_path / "m.pt")
+    assert imported.network.dims == [6, 4, 2] and imported.output == SOFTMAX
+    x = np.random.default_rng(2).standard_normal((50, 6)).astype(np.float32)
+    z = imported.network.forward(x)
+    p = torch_logits(model, x)[:, 0]  # torch's sigmoid
+    np.testing.assert_allclose(np.exp(z[:, 1]) / np.exp(z).sum(1), p, rtol=1e-5)
+    np.testing.assert_array_equal(z.argmax(1), (p > 0.5).astype(int))
+
+
+def _two_output_graph(path, second):
+    """Gemm-Relu-Gemm with a second output: 'second' names what it is computed from."""
+    w0, b0, w1, b1 = rng_weights(2, (5, 6), (5,), (3, 5), (3,))
+    nodes = [helper.make_node("Gemm", ["x", "W0", "b0"], ["h0"], "fc0", transB=1),
+             helper.make_node("Relu", ["h0"], ["r0"], "relu0"),
+             helper.make_node("Gemm", ["r0", "W1", "b1"], ["z"], "fc1", transB=1)]
+    if second == "softmax":
+        nodes.append(helper.make_node("Softmax", ["z"], ["p"], "probs", axis=1))
+    else:  # a hidden layer's output as well, or the logits through a Mul
+        nodes.append(helper.make_node("Mul", ["z" if second == "mul" else "r0", "two"], ["p"],
+                                      "extra"))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", None]) for n in ("z", "p")],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in
+         dict(W0=w0, b0=b0, W1=w1, b1=b1, two=np.full(1, 2.0)).items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_onnx_logits_and_probabilities_outputs_import_the_logits(tmp_path):
+    imported = import_onnx(_two_output_graph(tmp_path / "m.onnx", "softmax"))
+    assert imported.network.dims == [6, 5, 3] and imported.output == LOGITS
+    assert any("scores at 'z'" in n and "Softmax" in n for n in imported.network.notes)
+
+
+@pytest.mark.parametrize("second, message", [
+    ("hidden", "Gemm node 'fc1': the graph has 2 outputs (z, p)"),
+    ("mul", "Mul node 'extra': the graph has 2 outputs (z, p)"),
+])
+def test_onnx_second_output_that_is_not_post_processing_is_refused(tmp_path, second, message):
+    with pytest.raises(UserError, match=re.escape(message)) as info:
+        import_onnx(_two_output_graph(tmp_path / "m.onnx", second))
+    assert "one output" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_onnx_cast_to_an_integer_is_refused(tmp_path):
+    path = gemm_chain(tmp_path / "m.onnx", extra=[("Cast", "round", {"to": TensorProto.INT64})])
+    with pytest.raises(UserError, match="Cast node 'round': it casts to INT64"):
+        import_onnx(path)

@@ -85,6 +85,7 @@ def test_sklearn_classifier_imports_the_logits_before_post_processing(
     notes = " ".join(net.notes)
     assert "left out the post-processing" in notes and "ArgMax" in notes
     assert ("folded Scaler node" in notes) == (which == "scaled")
+    assert ("int8 weights (one step per row)" in notes) == (which == "scaled")  # factors 0.15..35
     z = net.forward(x)
     np.testing.assert_allclose(softmax(z), clf.predict_proba(x), atol=1e-5)
     assert np.array_equal(z.argmax(1), clf.predict(x))  # 100 % agreement on the held-out digits

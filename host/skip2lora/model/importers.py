@@ -35,6 +35,10 @@ LOGITS, SOFTMAX, LOG_SOFTMAX = "logits", "softmax", "log_softmax"
 # The assembler's word for a final sigmoid on one unit, which it turns into two logits [0, z];
 # the importer then maps the original's output to [1 - p, p] and reports SOFTMAX.
 SIGMOID = "sigmoid"
+# An input scaling folded into a layer whose per-feature factors differ by more than this gets a
+# note: int8 rows then quantize the small columns coarsely (a StandardScaler on scikit-learn's
+# digits spans 0.15 to 42 and costs int8 4.7 points of accuracy, docs/compiler.md).
+FOLD_SPREAD_NOTE = 10.0
 
 
 @dataclass
@@ -166,6 +170,12 @@ def _assemble(steps, supported, dropped, path=None):
                 notes.append(f"folded {pending_names()} into {step.where} (W diag(s), b + W t): "
                              f"the compiled model reads the features as they are before it, "
                              f"unscaled")
+                spread = np.abs(s[s != 0])
+                if spread.size and spread.max() > FOLD_SPREAD_NOTE * spread.min():
+                    notes.append(f"the folded factors s span {spread.min():.3g} to "
+                                 f"{spread.max():.3g}: int8 weights (one step per row) lose "
+                                 f"the precision of the small columns, so compare the int8 "
+                                 f"figures with f32 (--test-data shows the accuracy change)")
                 pending = None
             layers.append(Dense(w.astype(np.float32), b.astype(np.float32), step.name))
             names.append(step.where)
