@@ -1,9 +1,12 @@
 """Read a user's ONNX or PyTorch model into the one internal form, a `Network`.
 
 Each importer only translates its format's nodes or modules into a short list of steps
-(linear, batch-norm, bias-add, ReLU, trailing softmax); one assembler turns the steps into a
-Network and owns every rule about what a valid chain is. So ONNX and torch models are held
-to the same rules, give the same messages, and everything after import has one code path.
+(linear, batch-norm, bias, scale, ReLU, trailing softmax or binary sigmoid); one assembler turns
+the steps into a Network and owns every rule about what a valid chain is, folding every affine
+map into a linear layer. So ONNX and torch models are held to the same rules, give the same
+messages, and everything after import has one code path. A converted scikit-learn classifier
+(skl2onnx: label and probabilities outputs) is read up to its class scores, leaving out the
+post-processing the board does not need; whatever would change the maths is refused.
 
 Each importer also returns a callable that runs the original model in its own runtime
 (onnxruntime, torch), so the compiler can prove the compiled arrays compute the same thing.
@@ -37,7 +40,7 @@ LOGITS, SOFTMAX, LOG_SOFTMAX = "logits", "softmax", "log_softmax"
 SIGMOID = "sigmoid"
 # An input scaling folded into a layer whose per-feature factors differ by more than this gets a
 # note: int8 rows then quantize the small columns coarsely (a StandardScaler on scikit-learn's
-# digits spans 0.15 to 42 and costs int8 4.7 points of accuracy, docs/compiler.md).
+# digits spans 0.15 to 35 and costs int8 2.5 to 4.7 points of accuracy, docs/compiler.md).
 FOLD_SPREAD_NOTE = 10.0
 
 
