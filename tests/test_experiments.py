@@ -16,15 +16,17 @@ def test_drift_is_real_and_skip2lora_wins_it_back(tmp_path):
     assert all(h["cache_hits"] == len(prepared.scenario.finetune[1]) for h in history[1:])
 
 
-def test_lr_sweep_scores_held_out_fine_tuning_spectra_only(tmp_path):
-    """make paper's lr check never sees the test recording: it trains on the fine-tuning
-    recording minus a held-out part and scores that part."""
-    from skip2lora.training.experiments import FINETUNE_DEFAULTS, LR_SWEEP, lr_sweep
+def test_the_lr_choice_never_sees_the_test_split(tmp_path):
+    """make paper's rows run with the lr `finetune --lr auto` would send, chosen on the
+    fine-tuning data alone: the same choice with the test split made unusable."""
+    from skip2lora.config import LR_AUTO, FinetuneConfig
+    from skip2lora.training.experiments import FINETUNE_DEFAULTS, LR_SWEEP, chosen_lr
 
-    assert FINETUNE_DEFAULTS["lr"] in LR_SWEEP
-    prepared = prepare("silentA-to-noisy", tmp_path, log=lambda _: None)
+    assert FINETUNE_DEFAULTS["lr"] == LR_AUTO and 0.01 in LR_SWEEP  # the old default is swept
+    prepared = prepare("digits-shifted", tmp_path, log=lambda _: None)
+    cfg = FinetuneConfig(method="skip2lora")
+    first = chosen_lr(prepared, cfg)
+    prepared.lr_choices.clear()
     test_X = prepared.scenario.test[0]
     prepared.scenario.test = (test_X * float("nan"), prepared.scenario.test[1])  # unusable
-    out = lr_sweep(prepared, methods=("skip2lora",), lrs=(0.01,), log=lambda _: None)
-    assert out["n_train"] + out["n_validation"] == len(prepared.scenario.finetune[1])
-    assert out["accuracy"]["skip2lora"][0][1] > 0.5
+    assert chosen_lr(prepared, cfg) == first

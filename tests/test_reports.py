@@ -108,10 +108,13 @@ def test_results_numbers_recompute():
     from skip2lora.training.reference import count_macs
 
     data = _json("RESULTS")
-    dims = data["dims"]
-    rng = np.random.default_rng(0)
-    net = Network([Dense(rng.standard_normal((dims[i + 1], dims[i])).astype(np.float32),
-                         np.zeros(dims[i + 1], np.float32)) for i in range(len(dims) - 1)])
+
+    def network(dims):
+        rng = np.random.default_rng(0)
+        return Network([Dense(rng.standard_normal((dims[i + 1], dims[i])).astype(np.float32),
+                              np.zeros(dims[i + 1], np.float32)) for i in range(len(dims) - 1)])
+
+    net = network(data["dims"])
     rank, e = data["finetune"]["rank"], data["finetune"]["epochs"]
     for targets in ("all", "hidden"):
         for E, r in zip(data["costs"]["epochs"], data["costs"][targets]):
@@ -120,6 +123,7 @@ def test_results_numbers_recompute():
             assert r == pytest.approx(want)
     md = _md("RESULTS")
     for name, scen in data["scenarios"].items():
+        net = network(scen["dims"])  # the digits' network is not the fan's
         section = md.split(f"### {name}", 1)[1]
         lora = next(r for r in scen["rows"] if r["method"] == "lora-all")["macs"]["total"]
         for row in scen["rows"]:
@@ -138,6 +142,7 @@ def test_results_numbers_recompute():
 
 
 def test_results_settings_come_from_the_config_objects():
+    from skip2lora import config
     from skip2lora.training.experiments import FINETUNE_DEFAULTS
     from skip2lora.config import FinetuneConfig
 
@@ -149,10 +154,15 @@ def test_results_settings_come_from_the_config_objects():
     md = _md("RESULTS")
     pt = data["pretrain"]
     assert f"({pt['optimizer']}, lr {pt['lr']:g}, batch {pt['batch_size']}, {pt['epochs']} epochs)" in md
-    # the lr sweep scored held-out fine-tuning spectra, and as many as the split says
+    # every row ran with the lr --lr auto chose (one of its grid), the sweep with every lr
+    from skip2lora.training.step_size import CHOICE_EPOCHS, LR_GRID
+
+    assert ft["lr"] == config.LR_AUTO
+    assert data["lr_auto"]["grid"] == list(LR_GRID) and data["lr_auto"]["epochs"] == CHOICE_EPOCHS
     for scen in data["scenarios"].values():
+        for row in scen["rows"]:
+            assert len(row["lr"]) == len(data["seeds"]) and set(row["lr"]) <= set(LR_GRID)
         s = scen["lr_sweep"]
-        assert s["n_train"] + s["n_validation"] == scen["n_finetune"]
         assert set(s["accuracy"]) == set(data["lr_sweep"]["methods"])
         for pairs in s["accuracy"].values():
             assert [p[0] for p in pairs] == data["lr_sweep"]["lrs"]
@@ -185,10 +195,14 @@ def test_results_sentences_follow_the_numbers():
     assert "does not grow" in M.epochs_sentence([0.9, 0.3, 0.4], [1, 5, 20])
     assert "they differ" in M.params_sentence(2596, 3084, 4, 3)
     assert "they are equal" in M.params_sentence(100, 100, 4, 3)
-    best = {"s": {"skip2lora": [[0.005, 0.90], [0.01, 0.95]]}}
-    other = {"s": {"skip2lora": [[0.005, 0.97], [0.01, 0.95]]}}
-    assert "is the best" in M.lr_sentence(best, 0.01)
-    assert "not the validation split's pick" in M.lr_sentence(other, 0.01)
+    assert "within 2 pt of the best fixed lr on every" in M.lr_default_sentence(
+        {"a": -1.5, "b": 0.3}, {"a": -1.0, "b": 0.0})
+    missed = M.lr_default_sentence({"a": -2.5, "b": 0.3}, {"a": -1.0, "b": 0.0})
+    assert "more than 2 pt below the best fixed lr on a (-2.5 pt)" in missed
+    assert "old fixed lr 0.01 it was 25.0 pt below the best on b" in M.lr_default_sentence(
+        {"a": -1.5, "b": 0.3}, {"a": -1.0, "b": -25.0})
+    assert "stays finite" in M.nan_sentence({"a": True, "b": True})
+    assert "goes non-finite with the defaults on b" in M.nan_sentence({"a": True, "b": False})
     assert "change none" in M.int8_sentence([0.0, 0.0, 0.0])
     assert "move the target after fine-tuning" in M.int8_sentence([0.0, -0.2, 0.4])
 

@@ -1,5 +1,5 @@
 """`make paper`: docs/RESULTS.md and its data docs/RESULTS.json, from a fresh run of every method
-on both drift scenarios.
+on both cooling-fan drift scenarios and on the shifted digits (data/digits.py).
 
     .venv/bin/python tools/make_results.py            # measure, write RESULTS.json and .md
     .venv/bin/python tools/make_results.py --render   # RESULTS.md again from RESULTS.json
@@ -18,17 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from skip2lora.training.experiments import (DIMS, FAN_RUNNING_ONLY, FINETUNE_DEFAULTS, LR_SWEEP,
-                                   SWEEP_METHODS, VALIDATION_SHARE, accuracy,
-                                   baseline_accuracy, finetune_settings, lr_sweep, prepare,
-                                   pretrain_settings, run_method, source_revision,
-                                   temporary_workdir)
+from skip2lora.training.experiments import (DIGITS_PRETRAIN, DIMS, FAN_RUNNING_ONLY,
+                                            FINETUNE_DEFAULTS, LR_SWEEP, SWEEP_METHODS,
+                                            VALIDATION_SHARE, accuracy, baseline_accuracy,
+                                            dims_of, finetune_settings, lr_sweep, prepare,
+                                            pretrain_settings, run_method, source_revision,
+                                            temporary_workdir)
+from skip2lora.data.digits import SCENARIO as DIGITS
 from skip2lora.model.formats import write_atomic
 from skip2lora.training.reference import count_macs
+from skip2lora.training.step_size import CHOICE_EPOCHS, LR_GRID, MAX_TRAIN
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "docs" / "RESULTS.md"
-SCENARIOS = ("silentA-to-noisy", "silentA-to-silentB")
+SCENARIOS = ("silentA-to-noisy", "silentA-to-silentB", DIGITS)
 SEEDS = (0, 1, 2)
 ROWS = [("ft-all", "all"), ("ft-last", "all"), ("ft-bias", "all"), ("lora-all", "all"),
         ("lora-last", "all"), ("skip-lora", "all"), ("skip2lora", "all"),
@@ -37,6 +40,8 @@ EPOCH_POINTS = (1, 5, 20, 50)
 PAPER_CUT_PCT = 90.0      # the paper's claimed cut of fine-tuning cost against LoRA-All
 COMPARABLE_PT = 1.0       # "comparable accuracy": within this many points of LoRA-All
 NO_EFFECT_PT = 0.05       # int8 against f32: below this, the figure did not move
+DEFAULT_LR_PT = 2.0       # the default lr's target: within this many points of the sweep's best
+OLD_LR = 0.01             # the fixed default lr before --lr auto
 
 
 def label(method, targets):
@@ -64,12 +69,15 @@ def measure_scenario(name, workdir, log):
         rows.append({"method": method, "targets": targets,
                      "n_trainable": int(runs[0]["n_trainable"]),
                      "accuracy": [float(r["accuracy"]) for r in runs],
+                     "lr": [float(r["lr"]) for r in runs],
+                     "final_loss_finite": all(bool(np.isfinite(r["final_loss"])) for r in runs),
                      "macs": {"first": int(m["first_epoch"]["forward"] + m["first_epoch"]["backward"]),
                               "later": int(m["later_epoch"]["forward"] + m["later_epoch"]["backward"]),
                               "total": int(m["total"])}})
-    log(f"  {name}: lr sweep on a held-out part of the fine-tuning recording")
-    sweep = lr_sweep(prepared, log=log)
-    return {"n_finetune": int(len(prepared.scenario.finetune[1])),
+    log(f"  {name}: fixed-lr sweep, scored on the test split")
+    sweep = lr_sweep(prepared, seeds=SEEDS, log=log)
+    return {"dims": list(dims_of(name)), "notes": list(prepared.scenario.notes),
+            "n_finetune": int(len(prepared.scenario.finetune[1])),
             "n_test": int(len(prepared.scenario.test[1])),
             "source_accuracy": float(accuracy(prepared.network.forward,
                                               *prepared.scenario.source_test)),
@@ -106,14 +114,19 @@ def measure(log=print):
             "python": platform.python_version(), "dims": list(DIMS), "seeds": list(SEEDS),
             "fan_running_only": FAN_RUNNING_ONLY, "pretrain": pretrain_settings(),
             "finetune": finetune_settings(),
+            "digits_pretrain": dict(DIGITS_PRETRAIN),
+            "lr_auto": {"grid": list(LR_GRID), "epochs": CHOICE_EPOCHS, "max_train": MAX_TRAIN,
+                        "validation_share": VALIDATION_SHARE},
             "lr_sweep": {"lrs": list(LR_SWEEP), "methods": list(SWEEP_METHODS),
-                         "validation_share": VALIDATION_SHARE},
+                         "seeds": list(SEEDS)},
             "scenarios": {}}
     with temporary_workdir() as tmp:
+        fan = None
         for name in SCENARIOS:
             log(f"scenario {name}")
             data["scenarios"][name], prepared = measure_scenario(name, Path(tmp) / name, log)
-        data["costs"] = measure_costs(prepared.network)
+            fan = fan or prepared
+        data["costs"] = measure_costs(fan.network)
         data["int8"] = measure_int8(SCENARIOS[0], Path(tmp) / "int8", log)
     data["generated"] = time.strftime("%Y-%m-%d %H:%M:%S")
     data["elapsed_s"] = time.time() - started
@@ -185,22 +198,28 @@ def params_sentence(n_skip, n_lora, rank, n_classes):
             f"while LoRA-All's B maps into each layer's own width.")
 
 
-def lr_sentence(sweeps, lr):
-    """sweeps: {scenario: {method: [[lr, validation accuracy], ...]}}; lr: the one used."""
-    picks, worse = [], []
-    for scen, by_method in sweeps.items():
-        for method, pairs in by_method.items():
-            best_lr, best = max(pairs, key=lambda p: (p[1], -abs(np.log(p[0] / lr))))
-            used = dict((a, b) for a, b in pairs).get(lr)
-            picks.append(best_lr)
-            if best_lr != lr and used is not None and best > used:
-                worse.append(f"{method} on {scen} scores {100 * best:.1f} % at lr {best_lr:g} "
-                             f"against {100 * used:.1f} % at {lr:g}")
-    if not worse:
-        return (f"lr {lr:g} is the best of the swept values on the validation split for every "
-                f"method and scenario swept.")
-    return (f"lr {lr:g} is not the validation split's pick everywhere: "
-            + "; ".join(worse) + ". The tables above use lr " + f"{lr:g} for every method.")
+def lr_default_sentence(gaps_pt, old_gaps_pt, tolerance_pt=DEFAULT_LR_PT):
+    """gaps_pt: {scenario: default's accuracy minus the best fixed lr's, in points} for
+    Skip2-LoRA; old_gaps_pt: the same for the old fixed lr."""
+    worst = min(gaps_pt, key=gaps_pt.get)
+    old_worst = min(old_gaps_pt, key=old_gaps_pt.get)
+    old = (f" At the old fixed lr {OLD_LR:g} it was {-old_gaps_pt[old_worst]:.1f} pt below the "
+           f"best on {old_worst}." if old_gaps_pt[old_worst] < -tolerance_pt else "")
+    if gaps_pt[worst] >= -tolerance_pt:
+        return (f"With the defaults (--lr auto), Skip2-LoRA comes within {tolerance_pt:g} pt of "
+                f"the best fixed lr on every scenario (closest call: {gaps_pt[worst]:+.1f} pt on "
+                f"{worst}).{old}")
+    misses = [f"{n} ({g:+.1f} pt)" for n, g in gaps_pt.items() if g < -tolerance_pt]
+    return (f"With the defaults (--lr auto), Skip2-LoRA is more than {tolerance_pt:g} pt below "
+            f"the best fixed lr on " + ", ".join(misses) + f".{old}")
+
+
+def nan_sentence(finite_by_scenario, method="LoRA-All"):
+    """finite_by_scenario: {scenario: whether every seed's final loss was finite}."""
+    bad = [n for n, ok in finite_by_scenario.items() if not ok]
+    if not bad:
+        return (f"{method}'s loss stays finite with the defaults on every scenario and seed.")
+    return f"{method}'s loss goes non-finite with the defaults on " + ", ".join(bad) + "."
 
 
 def int8_sentence(deltas_pt, tolerance_pt=NO_EFFECT_PT):
@@ -218,23 +237,35 @@ def row_for(scen, method, targets="all"):
     return next(r for r in scen["rows"] if r["method"] == method and r["targets"] == targets)
 
 
-def render_scenario(name, scen, epochs):
+def render_scenario(name, scen, epochs, pretrain):
     lora_total = row_for(scen, "lora-all")["macs"]["total"]
     before = scen["before"]
-    lines = [f"### {name}", "",
-             f"Fine-tuning set: {scen['n_finetune']} spectra of the target room's first "
-             f"recording; test set: {scen['n_test']} spectra of its second. Pre-trained model: "
-             f"{100 * scen['source_accuracy']:.1f} % on a held-out silentA recording, "
-             f"**{100 * before:.1f} %** in the target room before fine-tuning.", "",
+    if name == DIGITS:
+        setup = (f"A {'-'.join(map(str, scen['dims']))} MLP with BatchNorm and Dropout "
+                 f"{pretrain['dropout']:g} after each hidden Linear (the network the digits user "
+                 f"brought; the importer folds BatchNorm and drops Dropout), pre-trained on "
+                 f"half of scikit-learn's digits (8x8 images, features 0..16, unscaled). "
+                 f"Fine-tuning set: {scen['n_finetune']} other images shifted one pixel to the "
+                 f"right (a new writer, or a camera mounted one pixel off); test set: "
+                 f"{scen['n_test']} more, shifted the same way. Pre-trained model: "
+                 f"{100 * scen['source_accuracy']:.1f} % on unshifted images it was not trained "
+                 f"on, **{100 * before:.1f} %** on the shifted test images before fine-tuning.")
+    else:
+        setup = (f"Fine-tuning set: {scen['n_finetune']} spectra of the target room's first "
+                 f"recording; test set: {scen['n_test']} spectra of its second. Pre-trained "
+                 f"model: {100 * scen['source_accuracy']:.1f} % on a held-out silentA "
+                 f"recording, **{100 * before:.1f} %** in the target room before fine-tuning.")
+    lines = [f"### {name}", "", setup, "",
              "| method | trainable params | accuracy after (%) | gain (pt) | MACs/sample, 1st epoch "
-             f"| MACs/sample, later epochs | MACs/sample, {epochs} epochs | vs LoRA-All |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| MACs/sample, later epochs | MACs/sample, {epochs} epochs | vs LoRA-All | "
+             "lr (--lr auto) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in scen["rows"]:
         m = r["macs"]
         lines.append(f"| {label(r['method'], r['targets'])} | {r['n_trainable']:,} | "
                      f"{pct(r['accuracy'])} | {100 * (mean(r['accuracy']) - before):+.1f} | "
                      f"{m['first']:,} | {m['later']:,} | {m['total']:,} | "
-                     f"{m['total'] / lora_total:.3f} |")
+                     f"{m['total'] / lora_total:.3f} | {_lrs(r['lr'])} |")
     return "\n".join(lines)
 
 
@@ -261,27 +292,61 @@ def render_int8(int8):
     return "\n".join(lines + ["", int8_sentence(deltas)])
 
 
+def _lrs(values):
+    return ", ".join(f"{v:g}" for v in sorted(set(values)))
+
+
+def sweep_best(pairs):
+    """(lr, accuracy) of the best fixed lr of a sweep row (ties: the lr nearer 0.01)."""
+    lr, acc, _ = max(pairs, key=lambda p: (p[1], -abs(np.log(p[0] / OLD_LR))))
+    return lr, acc
+
+
 def render_sweep(data):
-    sw = data["lr_sweep"]
+    sw, auto = data["lr_sweep"], data["lr_auto"]
     lrs = sw["lrs"]
-    lines = [f"Each method in {', '.join(sw['methods'])} is trained with every lr below on the "
-             f"fine-tuning recording minus its held-out part (per class, the last "
-             f"{100 * sw['validation_share']:.0f} % of the recording) and scored on that part; "
-             f"the test recording is not used. Seed 0, every other setting as above.", "",
-             "| scenario | method | train / validation spectra | "
-             + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
-             "|---|---|---|" + "---|" * len(lrs)]
-    sweeps = {}
+    lines = [f"`skip2lora finetune` chooses lr on the host by default (`--lr auto`, "
+             f"host/skip2lora/training/step_size.py): the numpy reference trains the method "
+             f"with each lr of {_lrs(auto['grid'])} for {auto['epochs']} epochs on the "
+             f"fine-tuning data minus a held-out part (per class, the last "
+             f"{100 * auto['validation_share']:.0f} %; at most {auto['max_train']} samples) and "
+             f"keeps the lr with the best held-out accuracy, never one whose loss diverged. "
+             f"The test split is never looked at. The tables above ran with that choice, per "
+             f"method and seed.", "",
+             f"To see how good that choice is, each of {', '.join(sw['methods'])} is also "
+             f"trained with every fixed lr of the sweep below on the whole fine-tuning set and "
+             f"scored on the test split (mean of seeds {sw['seeds']}): the best of those rows "
+             f"is the best any fixed lr could do, found by looking at the test split.", "",
+             "| scenario | method | lr chosen (--lr auto) | default: accuracy (%) | "
+             f"lr {OLD_LR:g} (old default) (%) | best fixed lr | its accuracy (%) | "
+             "default minus best (pt) |", "|---|---|---|---|---|---|---|---|"]
+    gaps, old_gaps, finite = {}, {}, {}
     for name, scen in data["scenarios"].items():
-        s = scen["lr_sweep"]
-        sweeps[name] = s["accuracy"]
-        for method, pairs in s["accuracy"].items():
-            best = max(a for _, a in pairs)
-            cells = [(f"**{100 * a:.1f} %**" if a == best else f"{100 * a:.1f} %")
-                     for _, a in pairs]
-            lines.append(f"| {name} | {method} | {s['n_train']} / {s['n_validation']} | "
-                         + " | ".join(cells) + " |")
-    lines += ["", "Best per row in bold. " + lr_sentence(sweeps, data["finetune"]["lr"])]
+        for method, pairs in scen["lr_sweep"]["accuracy"].items():
+            row = row_for(scen, method)
+            default = mean(row["accuracy"])
+            best_lr, best = sweep_best(pairs)
+            old = dict((p[0], p[1]) for p in pairs).get(OLD_LR)
+            gap = 100 * (default - best)
+            if method == "skip2lora":
+                gaps[name] = gap
+                old_gaps[name] = 100 * (old - best) if old is not None else 0.0
+            if method == "lora-all":
+                finite[name] = row["final_loss_finite"]
+            lines.append(f"| {name} | {method} | {_lrs(row['lr'])} | {100 * default:.1f} | "
+                         + (f"{100 * old:.1f}" if old is not None else "-")
+                         + f" | {best_lr:g} | {100 * best:.1f} | {gap:+.1f} |")
+    lines += ["", lr_default_sentence(gaps, old_gaps) + " " + nan_sentence(finite), "",
+              "The whole sweep (test accuracy, mean of the seeds; best per row in bold; "
+              "† the loss went non-finite):", "",
+              "| scenario | method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+              "|---|---|" + "---|" * len(lrs)]
+    for name, scen in data["scenarios"].items():
+        for method, pairs in scen["lr_sweep"]["accuracy"].items():
+            _, best = sweep_best(pairs)
+            cells = [(f"**{100 * a:.1f}**" if a == best else f"{100 * a:.1f}")
+                     + ("" if ok else " †") for _, a, ok in pairs]
+            lines.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -296,8 +361,14 @@ def render(data):
     ratio_hidden = hidden["macs"]["total"] / lora["macs"]["total"]
     dims = data["dims"]
     src = data["source"]
-    sections = "\n\n".join(render_scenario(n, s, e) for n, s in data["scenarios"].items())
-    return f"""# Results: Skip2-LoRA and its baselines on the cooling-fan drift
+    sections = "\n\n".join(render_scenario(n, s, e, data["digits_pretrain"])
+                           for n, s in data["scenarios"].items())
+    others = "\n".join(
+        f"- **Accuracy on {n}.** " + accuracy_sentence(mean(row_for(S, 'skip2lora')['accuracy']),
+                                                      mean(row_for(S, 'lora-all')['accuracy']),
+                                                      S['before'])
+        for n, S in data["scenarios"].items() if n != primary)
+    return f"""# Results: Skip2-LoRA and its baselines on the cooling-fan drift and on shifted digits
 
 Generated by `make paper` (tools/make_results.py) in {data['elapsed_s']:.0f} s on
 {data['machine']} / Python {data['python']}, code at commit {(src['commit'] or 'unknown')[:12]}{' (with local changes to ' + ', '.join(src['modified']) + ')' if src['modified'] else ''};
@@ -305,9 +376,10 @@ every figure is in RESULTS.json beside this file. Do not edit by hand.
 
 Setup: a {'-'.join(map(str, dims))} MLP pre-trained ({pt['optimizer']}, lr {pt['lr']:g}, batch {pt['batch_size']}, {pt['epochs']} epochs) on the silentA recording
 `_1` of the 12 cm fan (classes normal / damage1 / damage2), compiled to `.s2lm` and read back;
-then fine-tuned on the target room's recording `_1` and tested on its recording `_2`. Every
+then fine-tuned on the target room's recording `_1` and tested on its recording `_2`; the
+digits scenario is described in its section. Every
 method uses the numpy reference with the same data, order and optimizer: {ft['optimizer']}, lr
-{ft['lr']:g}, batch {ft['batch_size']}, {e} epochs, rank
+{ft['lr']} (chosen per method and run on held-out fine-tuning data, see "Learning rate"), batch {ft['batch_size']}, {e} epochs, rank
 {ft['rank']} (alpha = {ft['alpha']:g}), mean ± std over fine-tuning seeds {data['seeds']}.
 {'Spectra of the stopped fan (the last quarter of every recording) are left out: in the quiet rooms they carry no class.' if data['fan_running_only'] else ''}
 MACs are multiply-adds per sample counted by the reference's own code (forward + backward,
@@ -332,6 +404,7 @@ frozen forward included; bias adds, softmax and the update not counted).
 ## Where this agrees with the paper and where not
 
 - **Accuracy.** On {primary}, {accuracy_sentence(mean(skip2['accuracy']), mean(lora['accuracy']), P['before'])}
+{others}
 - **Cost.** {cost_sentence(ratio, e)} {input_adapter_cost_sentence(dims[0], ft['rank'], skip2['macs']['later'], hidden['macs']['later'])} {hidden_only_sentence(mean(skip2['accuracy']), mean(hidden['accuracy']), ratio_hidden)} {epochs_sentence(data['costs']['all'], data['costs']['epochs'])}
 - **Trainable parameters.** {params_sentence(skip2['n_trainable'], lora['n_trainable'], ft['rank'], dims[-1])}
 - **Time is not MACs.** On a board the frozen pass and the adapters run in different kernels
