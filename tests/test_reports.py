@@ -202,6 +202,12 @@ def test_results_sentences_follow_the_numbers():
     assert "old fixed lr 0.01 it was 25.0 pt below the best on b" in M.lr_default_sentence(
         {"a": -1.5, "b": 0.3}, {"a": -1.0, "b": -25.0})
     assert "stays finite" in M.nan_sentence({"a": True, "b": True})
+    near = M.board_sentence({"skip2lora": {"lr": 0.003, "accuracy": 0.92, "final_loss": 0.1}},
+                            {"skip2lora": 0.93})
+    assert "reached 92.0 % (-1.0 pt, within 2 pt of the best fixed lr; final loss 0.1000)" in near
+    far = M.board_sentence({"lora-all": {"lr": 0.01, "accuracy": 0.40,
+                                         "final_loss": float("nan")}}, {"lora-all": 0.93})
+    assert "53.0 pt below the best fixed lr; final loss not finite" in far
     assert "goes non-finite with the defaults on b" in M.nan_sentence({"a": True, "b": False})
     assert "change none" in M.int8_sentence([0.0, 0.0, 0.0])
     assert "move the target after fine-tuning" in M.int8_sentence([0.0, -0.2, 0.4])

@@ -11,7 +11,10 @@ committed JSON and tries each sentence both ways).
 """
 import argparse
 import json
+import os
 import platform
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -108,6 +111,52 @@ def measure_int8(name, workdir, log):
     return out
 
 
+BOARD_METHODS_RUN = ("skip2lora", "lora-all")
+
+
+def measure_board(prepared, workdir, log):
+    """The user's flow with the defaults on a virtual board (the MicroPython unix port), each
+    command in its own process: compile the torch file, flash, `finetune --data` with no other
+    option (so --lr auto), pull, export, eval on the test split."""
+    from skip2lora.board.virtual import VirtualBoard
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    sc = prepared.scenario
+    np.savez(workdir / "finetune.npz", x=sc.finetune[0], y=sc.finetune[1])
+    np.savez(workdir / "test.npz", x=sc.test[0], y=sc.test[1])
+    torch_file = prepared.model_path.parent / f"{sc.name}.pt"
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "skip2lora", *map(str, args)],
+                              capture_output=True, text=True, timeout=1800,
+                              env={**os.environ})
+        if done.returncode != 0:
+            raise SystemExit(f"skip2lora {' '.join(map(str, args))} failed:\n"
+                             + done.stdout + done.stderr)
+        return done.stdout
+
+    model = workdir / "model.s2lm"
+    cli("compile", torch_file, "-o", model)
+    out = {"scenario": sc.name, "kind": "unix", "rows": {}}
+    with VirtualBoard(workdir / "flash.img", heap="192K", flash="2M",
+                      run_dir=workdir / "run") as board:
+        cli("flash", model, "--port", board.port)
+        for method in BOARD_METHODS_RUN:
+            text = cli("finetune", "--port", board.port, "--data", workdir / "finetune.npz",
+                       "--method", method)
+            lr = float(re.search(r"^lr (\S+) chosen on the host", text, re.M).group(1))
+            loss = float(re.search(r"^done: epoch \d+, loss (\S+),", text, re.M).group(1))
+            cli("pull", "--port", board.port, "-o", workdir / method)
+            cli("export", model, "--adapters", workdir / method, "-o", workdir / f"{method}.onnx")
+            cli("eval", workdir / f"{method}.onnx", "--data", workdir / "test.npz", "--json",
+                workdir / f"{method}.json")
+            acc = json.loads((workdir / f"{method}.json").read_text())["accuracy"]
+            out["rows"][method] = {"lr": lr, "final_loss": loss, "accuracy": float(acc)}
+            log(f"  on the board: {method} lr {lr:g}: {100 * acc:.1f} % on test")
+    return out
+
+
 def measure(log=print):
     started = time.time()
     data = {"source": source_revision(), "machine": platform.machine(),
@@ -126,6 +175,9 @@ def measure(log=print):
             log(f"scenario {name}")
             data["scenarios"][name], prepared = measure_scenario(name, Path(tmp) / name, log)
             fan = fan or prepared
+            if name == DIGITS:
+                log(f"scenario {name} on a virtual board, with the defaults")
+                data["board"] = measure_board(prepared, Path(tmp) / "board", log)
         data["costs"] = measure_costs(fan.network)
         data["int8"] = measure_int8(SCENARIOS[0], Path(tmp) / "int8", log)
     data["generated"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -212,6 +264,21 @@ def lr_default_sentence(gaps_pt, old_gaps_pt, tolerance_pt=DEFAULT_LR_PT):
     misses = [f"{n} ({g:+.1f} pt)" for n, g in gaps_pt.items() if g < -tolerance_pt]
     return (f"With the defaults (--lr auto), Skip2-LoRA is more than {tolerance_pt:g} pt below "
             f"the best fixed lr on " + ", ".join(misses) + f".{old}")
+
+
+def board_sentence(board_rows, best_by_method, tolerance_pt=DEFAULT_LR_PT):
+    """board_rows: {method: {lr, accuracy, final_loss}} of the default run on a board;
+    best_by_method: {method: the sweep's best accuracy on the same scenario}."""
+    parts = []
+    for method, r in board_rows.items():
+        gap = 100 * (r["accuracy"] - best_by_method[method])
+        verdict = (f"within {tolerance_pt:g} pt of the best fixed lr" if gap >= -tolerance_pt
+                   else f"{-gap:.1f} pt below the best fixed lr")
+        finite = np.isfinite(r["final_loss"])
+        parts.append(f"{method} chose lr {r['lr']:g} and reached {100 * r['accuracy']:.1f} % "
+                     f"({gap:+.1f} pt, {verdict}; final loss "
+                     + (f"{r['final_loss']:.4f})" if finite else "not finite)"))
+    return "; ".join(parts) + "."
 
 
 def nan_sentence(finite_by_scenario, method="LoRA-All"):
@@ -336,7 +403,16 @@ def render_sweep(data):
             lines.append(f"| {name} | {method} | {_lrs(row['lr'])} | {100 * default:.1f} | "
                          + (f"{100 * old:.1f}" if old is not None else "-")
                          + f" | {best_lr:g} | {100 * best:.1f} | {gap:+.1f} |")
-    lines += ["", lr_default_sentence(gaps, old_gaps) + " " + nan_sentence(finite), "",
+    lines += ["", lr_default_sentence(gaps, old_gaps) + " " + nan_sentence(finite)]
+    board = data.get("board")
+    if board:
+        scen = data["scenarios"][board["scenario"]]
+        best = {m: sweep_best(p)[1] for m, p in scen["lr_sweep"]["accuracy"].items()}
+        lines += ["", f"On a virtual board ({board['kind']} port of MicroPython, its fixed-point "
+                      f"path, int8-packed data), `skip2lora finetune --data ... --method M` with "
+                      f"no other option on {board['scenario']}, seed 0: "
+                  + board_sentence(board["rows"], best)]
+    lines += ["",
               "The whole sweep (test accuracy, mean of the seeds; best per row in bold; "
               "† the loss went non-finite):", "",
               "| scenario | method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
