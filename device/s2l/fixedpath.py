@@ -86,6 +86,9 @@ class FixedPath:
             a.U, a.E = zeros("h", r), zeros("i", r)
             a.drawn = False  # A's initial values are drawn once the activation scales exist
             a.ps = kernels.chunk_shift(a.d)
+            # the attributes _set_scales and _batch_consts set, made here: the object's dict
+            # grows now, on a heap not yet fragmented by calibration and the cache build
+            a.m24 = a.Eexp = a.shu = a.R = a.Rsh = a.Mp = a.sha = 0
             self.ads.append(a)
         self.cache = None
         if method == "skip2lora":
@@ -255,6 +258,17 @@ class FixedPath:
             units.append((value(f32_ratio(1, a.m24, -6)), b_unit))
             rows16.append((a.A16, value(f32_ratio(1, a.m24, 10))))
         model.set_adapters(ads, s, units, rows16)
+
+    def logits(self, k):
+        """Sample k's logits from the frozen network alone (the Skip-Cache's record when it
+        holds one), its label, and their unit: (z32, label, 16), z = z32 / 2**16."""
+        if self.cache is None or not self.cache.read(k):
+            self.frozen(k)
+        return self.z32, self.data.labels[k], 16
+
+    def finite(self):
+        """Whether every adapter value is finite: the masters are integers, always."""
+        return True
 
     # ------------------------------------------------------------------ fixed-point internals
 

@@ -177,6 +177,21 @@ class FloatPath:
         """Hand the adapters to the model for predict()."""
         model.set_adapters(self.adapters(), s)
 
+    def logits(self, k):
+        """Sample k's logits from the frozen network alone (the Skip-Cache's record when it
+        holds one), its label, and their unit: (z, label, 0)."""
+        if self.cache is None or not self.cache.read(k):
+            self.frozen(k)
+        return self.xs[-1], self.data.labels[k], 0
+
+    def finite(self):
+        """Whether every adapter value is finite (a step can overflow float32 to inf)."""
+        for buf in self.payload():
+            for v in buf:
+                if v - v != 0.0:  # inf - inf and NaN - NaN are NaN
+                    return False
+        return True
+
     # ------------------------------------------------------------------ float internals
 
     def _load_x1(self, k):

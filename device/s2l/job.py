@@ -1,10 +1,20 @@
 # The board's side of `skip2lora finetune` (host/skip2lora/commands/finetune.py): train a
 # Trainer up to a total epoch count, save the adapters after every finished epoch, and report
 # in one-line `S2L key=value` records for the host. Orchestration only: the loop is train.py's,
-# the maths fixedpath.py's or floatpath.py's. The lines, in order:
+# the maths fixedpath.py's or floatpath.py's. A fresh run (resume=False) first removes the
+# adapters (and .state) an earlier run left, so a run stopped or failed before its first save
+# leaves none for `pull` or a resume to take as its own.
+# The lines, in order:
+#   S2L start=<method> backend= rank= targets= lr= n=   what the board trains with: the
+#                                                host's backend names, targets as layer
+#                                                indexes (0,1,2), n samples
 #   S2L resume=<n>                               continuing from n epochs saved on flash
-#   S2L epoch=<n> loss= acc= ms= cache_reads= saved_ms=   after epoch n is on flash
+#   S2L epoch=<n> loss= acc= ms= cache_reads= saved_ms=[ cache_built=1]   after epoch n is on
+#                                                flash (cache_built: this epoch built the cache)
 #   S2L stopped=<n>                              Ctrl-C: flash holds epoch n; KeyboardInterrupt
+#   S2L diverged=<n> loss=<f> kept=<k>           the divergence guard (guard.py) stopped epoch n
+#                                                at once; flash holds epoch k's adapters
+#                                                untouched (0: none); then S2LError (Diverged)
 #   S2L error=memory need=<stage> free=<bytes>   then S2LError
 #   S2L done=<n> adapters=<path>
 import gc
@@ -17,6 +27,7 @@ from .model import Model
 from .train import Trainer
 
 TRAINER_BACKEND = {"auto": None, "python": "py"}  # the host's --backend names -> Trainer's
+HOST_BACKEND = {"py": "python"}  # and back, for the start line
 
 
 def _flash_full(e):
@@ -55,6 +66,10 @@ def _kernels_first(model, method, backend):
             pass  # the Trainer reports it
 
 
+def _layers(targets):
+    return ",".join(str(i) for i in targets)
+
+
 def finetune(model, data, adapters, cache=None, method=config.METHOD, epochs=config.EPOCHS,
              lr=config.LR, batch_size=config.BATCH_SIZE, seed=config.SEED, resume=False,
              backend=config.BACKEND, rank=None, momentum=config.MOMENTUM, targets=None):
@@ -63,21 +78,33 @@ def finetune(model, data, adapters, cache=None, method=config.METHOD, epochs=con
     Defaults are the host's (s2l.config); rank and targets None: the model's."""
     t = None
     shown = [0]  # the last epoch whose line was printed
+    first = [0]  # the first epoch this run trains: the one that builds the cache, if any
+
+    def mark(line, rec):
+        if t.cache_built and rec["epoch"] == first[0]:  # its cache reads are the records it
+            line += " cache_built=1"                    # has just written
+        return line
 
     def log(line):
         try:
-            print(line)
+            print(mark(line, t.history[-1]))
         finally:  # a Ctrl-C right after the line must not print it twice
             shown[0] = t.history[-1]["epoch"]
 
     stage = "model"
     try:
+        if not resume:  # a fresh run: no earlier run's adapters may pass for this one's
+            remove(adapters + ".state")
+            remove(adapters)
         _kernels_first(model, method, backend)
         m = Model(model)
         stage = "trainer"
         t = Trainer(m, data, method=method, rank=rank, lr=lr, batch_size=batch_size,
                     momentum=momentum, seed=seed, backend=TRAINER_BACKEND.get(backend, backend),
                     cache=cache, targets=targets, log=log)
+        print("S2L start=%s backend=%s rank=%d targets=%s lr=%.6g n=%d"
+              % (method, HOST_BACKEND.get(t.backend, t.backend), t.rank, _layers(t.targets),
+                 t.lr, t.n))
         if resume and exists(adapters):
             stage = "restore"
             shown[0] = t.restore(adapters)
@@ -88,6 +115,7 @@ def finetune(model, data, adapters, cache=None, method=config.METHOD, epochs=con
         elif resume:
             print("no adapters at %s yet: starting from epoch 0" % adapters)
         stage = "training"
+        first[0] = t.epochs_done + 1
         if t.epochs_done >= epochs:
             print("%d epochs already done, %d asked for: nothing to train"
                   % (t.epochs_done, epochs))
@@ -98,7 +126,7 @@ def finetune(model, data, adapters, cache=None, method=config.METHOD, epochs=con
         if stage == "training":
             done = t.saved_epochs
             if done > shown[0] and t.history:  # saved, but stopped before its line
-                print(t.progress_line(t.history[-1]))
+                print(mark(t.progress_line(t.history[-1]), t.history[-1]))
         else:  # stopped while loading: flash holds what it held
             done = _epochs_on_flash(adapters) if resume else 0
         if t is not None:
@@ -115,15 +143,23 @@ def finetune(model, data, adapters, cache=None, method=config.METHOD, epochs=con
                        "the %s stage); use an int8 model, adapters on the hidden layers only "
                        "(targets='hidden') or a smaller rank" % stage)
     except (OSError, S2LError) as e:
+        if hasattr(e, "kept"):  # guard.Diverged (guard.py is loaded only when a run diverges)
+            t.close()
+            print("S2L diverged=%d loss=%.6g kept=%d" % (e.epoch, e.loss, e.kept))
+            raise
         if t is None or not _flash_full(e):
             raise
         path = adapters if t._prepared else t.cache_path
         remove(adapters + ".tmp")
         remove(adapters + ".state.tmp")
         t.close()
-        raise S2LError("flash full while writing %s; the previous adapters are intact; free "
-                       "space on the board's flash (delete files you do not need) and run "
-                       "again with --resume" % path)
+        if resume or t.saved_epochs:
+            raise S2LError("flash full while writing %s; the previous adapters are intact; "
+                           "free space on the board's flash (delete files you do not need) "
+                           "and run again with --resume" % path)
+        raise S2LError("flash full while writing %s, before this run saved any adapters; "
+                       "free space on the board's flash (delete files you do not need) and "
+                       "run again" % path)
     t.close()
     print("S2L done=%d adapters=%s" % (t.epochs_done, adapters))
     return t.epochs_done

@@ -12,6 +12,8 @@
 # headers); the training loop only fills them. fixedpath is imported with the package (its
 # code is loaded before a model fragments the heap: the board's path), floatpath only when a
 # Trainer runs in float.
+import math
+
 from .compat import S2LError, ticks_ms, ticks_diff
 from .formats import I8, read_adapters, write_adapters, zeros
 from .model import Model
@@ -21,8 +23,18 @@ from . import config, kernels
 from .fixedpath import FixedPath
 from .qmath import bits, value
 
+# The divergence guard (guard.py says what and why): the cheap checks are here, in the loop; a
+# suspicious epoch loads guard.py, which decides and raises guard.Diverged. A sample loss above
+# LOSS_LIMIT nats (or not finite) always stops training at once.
+LOSS_LIMIT = 1e4
+
 
 class Trainer:
+    # the divergence guard's reference, set by guard.py when first needed (a class attribute
+    # until then: one more instance attribute here grows the instance's dict by 592 bytes, too
+    # much for an ESP32's heap, tests/device/test_device_train.py::test_esp32_sized_heap)
+    _base_loss = None
+
     def __init__(self, model, data, method=config.METHOD, rank=None, alpha=None, lr=config.LR,
                  batch_size=config.BATCH_SIZE, momentum=config.MOMENTUM, seed=config.SEED,
                  backend=None, cache=None, cache_dtype=None, targets=None,
@@ -175,14 +187,24 @@ class Trainer:
             nb = bs if start + bs <= n else n - start
             for j in range(nb):
                 l, ok = arith.step(order[start + j], nb, j == nb - 1)
+                if not l <= LOSS_LIMIT:  # also NaN, which compares false
+                    self._guard(l, True)
                 loss_sum += l
                 correct += ok
             start += nb
-        self.epochs_done += 1
-        rec = {"epoch": self.epochs_done, "loss": loss_sum / n, "acc": correct / n,
+        rec = {"epoch": self.epochs_done + 1, "loss": loss_sum / n, "acc": correct / n,
                "cache_reads": (cache.reads - r0) if cache is not None else 0,
                "recomputed": (cache.bad - b0) if cache is not None else 0}
+        if rec["loss"] > math.log(self.C) or not arith.finite():  # worse than a uniform guess
+            self._guard(rec["loss"], False)
+        self.epochs_done += 1
         return rec
+
+    def _guard(self, loss, sample):
+        """A sample's loss, or an epoch's mean, that the divergence guard must judge:
+        guard.check raises guard.Diverged, or returns when the epoch is fine after all."""
+        from .guard import check
+        check(self, loss, sample)
 
     # ================================================================== results
 

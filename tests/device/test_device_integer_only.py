@@ -18,7 +18,7 @@ S2L = Path(__file__).resolve().parents[2] / "device" / "s2l"
 # FixedPath's methods (fixedpath.py): all of them must be listed, so a new one is seen here
 FIXED_METHODS = {"__init__", "prepare", "frozen", "step", "payload", "adapters", "save", "load",
                  "apply", "_state", "_set_scales", "_draw_a", "_batch_consts", "_load_x1",
-                 "_calibrate", "_softmax"}
+                 "_calibrate", "_softmax", "logits", "finite"}
 # the .state file's reader and writer (formats.py), which the fixed path alone uses
 STATE_FUNCTIONS = {"state_head", "write_state", "read_state"}
 # the printed loss, and the one constant it needs (ln 2**14)
