@@ -98,6 +98,7 @@ def finetune(model, data, adapters, cache=None, method=config.METHOD, epochs=con
             remove(adapters)
         _kernels_first(model, method, backend)
         m = Model(model)
+        gc.collect()  # the model's loading garbage gone before the Trainer's buffers are placed
         stage = "trainer"
         t = Trainer(m, data, method=method, rank=rank, lr=lr, batch_size=batch_size,
                     momentum=momentum, seed=seed, backend=TRAINER_BACKEND.get(backend, backend),
