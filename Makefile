@@ -17,7 +17,7 @@ VBOARD = $(if $(PORT),,vboard)
 help:
 	@echo "make demo   - pre-train on one room, fine-tune on another with Skip2-LoRA, show the accuracy won back"
 	@echo "make test   - run the test suite (host and MicroPython device tests)"
-	@echo "make paper  - regenerate docs/RESULTS.md (every method on the cooling-fan drift scenarios)"
+	@echo "make paper  - regenerate docs/RESULTS.md (every method on the cooling-fan drift scenarios and the shifted digits, lr sweep)"
 	@echo "make bench  - on-board benchmark of every method, regenerates docs/BENCHMARKS.md"
 	@echo "make figures - re-render RESULTS.md, BENCHMARKS.md, BOARD_KINDS.md and README's figures from their committed JSON"
 	@echo "make kinds  - the fan fine-tune on unix, Cortex-M0+ and M4F firmware: board time, heap, same bytes (docs/BOARD_KINDS.md)"

@@ -30,3 +30,25 @@ def test_the_lr_choice_never_sees_the_test_split(tmp_path):
     test_X = prepared.scenario.test[0]
     prepared.scenario.test = (test_X * float("nan"), prepared.scenario.test[1])  # unusable
     assert chosen_lr(prepared, cfg) == first
+
+
+def test_source_revision_names_the_checkouts_changed_files():
+    """The report's "with local changes to" list is git's own, read at the checkout's root."""
+    import subprocess
+    from pathlib import Path
+
+    from skip2lora.training.experiments import source_revision
+
+    root = Path(__file__).resolve().parents[1]
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                             "host", "device", "tools"], cwd=root, capture_output=True,
+                            text=True)
+    if status.returncode != 0:
+        import pytest
+
+        pytest.skip("not a git checkout")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                          text=True).stdout.strip()
+    got = source_revision()
+    assert got["commit"] == head
+    assert got["modified"] == sorted(line[3:] for line in status.stdout.splitlines())

@@ -150,7 +150,7 @@ def baseline_accuracy(prepared):
 def source_revision(root=None):
     """The git commit the figures are measured on, and which tracked source files differed
     from it (host/, device/, tools/), so a committed report names the code behind it."""
-    root = Path(root) if root else Path(__file__).resolve().parents[2]
+    root = Path(root) if root else Path(__file__).resolve().parents[3]  # the checkout
 
     def git(*args):
         try:
