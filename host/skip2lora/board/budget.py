@@ -1,36 +1,62 @@
 """How much heap and flash fine-tuning a model needs on a board, counted before anything is flashed.
 
 A model that does not fit fails on the board with a MemoryError after minutes of copying, or
-worse, part-way through the first epoch; this estimate turns that into a host-side refusal
-with the figures. Everything is computed from the dims alone (no arrays), so every command
-(compile now; flash, finetune and bench later) can call `estimate` cheaply.
+part-way through the first epoch; this estimate turns that into a host-side refusal with the
+figures. Everything is computed from the dims alone (no arrays), so compile and flash call
+`estimate` cheaply.
 
-What the board is assumed to hold, per docs/compiler.md:
-- frozen weights: in RAM when they take at most half the heap, else streamed from the model
-  file one layer block at a time (the largest block is then what RAM holds). With the
-  Skip-Cache the frozen forward pass runs only in the first epoch, so streaming costs little;
-- activations x_1 ... x_L and z as 4-byte values, plus u_i (r per adapter) and p, g (C each);
-- adapters: 4-byte masters plus the 2-byte forward copies of the fixed-point recipe, a 4-byte
-  gradient accumulator and 4-byte momentum per adapter value;
-- one dataset record, one cache record and a file read block;
-- a fixed allowance for the device package code and interpreter state.
+RAM is what `skip2lora finetune` with the defaults needs (skip2lora, backend auto: the
+fixed-point path with the viper kernels for an int8 model, the float path for an f32 one, batch
+1, int8 dataset, the Skip-Cache): the GC heap a fresh board must have for the job to complete.
+It is counted the way the device package allocates (device/s2l/model.py, dataset.py, train.py,
+fixedpath.py / floatpath.py, cache.py): every array is a GC block for the array object plus its
+items rounded up to whole GC blocks (16 bytes on a 32-bit board, 32 on the 64-bit unix port);
+the frozen weights are all in RAM, in row blocks of at most 2 KB. On top come the package's
+code and the interpreter's own objects (CODE_BYTES: measured, per mpy arch and path), and the
+share the heap loses to fragmentation (FRAGMENTATION: a MemoryError comes from the lack of one
+free run, not of bytes in total). tools/budget_truth.py measures the real need on every
+virtual board kind (docs/BUDGET.md) and tests/test_budget_truth.py holds the estimate to
+measured <= predicted <= 1.10 x measured.
 """
 from dataclasses import dataclass
 
 from skip2lora.model.formats import pad4
 
-# Device package bytecode, its module globals and interpreter state after import: an estimate
-# (the device issue measures the real figure with gc.mem_free() before/after import).
-DEVICE_OVERHEAD_BYTES = 30 * 1024
-# Chunk the board reads files in (CRC checks, streamed layer blocks): the device reader's choice.
-FILE_BLOCK_BYTES = 512
-# int32 (or f32) master + int16 forward copy of the fixed-point recipe in DESIGN.md.
-ADAPTER_BYTES_PER_VALUE = 6
-GRADIENT_BYTES_PER_VALUE = 4
-MOMENTUM_BYTES_PER_VALUE = 4
-ACTIVATION_BYTES = 4
-DEFAULT_SAMPLES = 705  # one drift scenario's fine-tuning half of the cooling-fan data
-WEIGHTS_IN_RAM_SHARE = 0.5  # weights stay in RAM if they take at most this share of the heap
+# Fine-tuning samples the budget assumes when it is not told (compile's and flash's --samples):
+# the README's flow fine-tunes on the noisy room's first recording, 533 spectra.
+DEFAULT_SAMPLES = 533
+DEFAULT_SAMPLES_WHY = "the README's cooling-fan flow; give your dataset's size"
+MODEL_BLOCK_BYTES = 2048  # device/s2l/model.py BLOCK: weights are held in row blocks this size
+PAYLOAD_CHUNK = 64  # fixedpath.py: payload() converts 64 values at a time
+
+# The device package's code and the interpreter's own objects in the GC heap while the job
+# runs, per mpy arch (the .mpy bytecode, and on bare-metal ports the viper machine code too,
+# live in the heap) and per path ("fixed": int8 model, viper kernels; "float": floatpath.py):
+# fitted to the measurements of tools/budget_truth.py (docs/BUDGET.json). Arches never
+# measured take the largest 32-bit figure.
+CODE_BYTES = {
+    ('armv6m', 'fixed'): 73287,
+    ('armv6m', 'float'): 70864,
+    ('armv7emsp', 'fixed'): 71524,
+    ('armv7emsp', 'float'): 69638,
+    ('x64', 'fixed'): 92797,
+    ('x64', 'float'): 101349,
+}
+# Heap lost to fragmentation and transients beyond the arrays themselves, per arch and path:
+# (share of the weight arrays, share of the adapter and gradient arrays, bytes per adapter row
+# (rank x adapters), share of the allocations of LONG_RUN bytes or more), fitted with CODE_BYTES.
+FRAGMENTATION = {
+    ('armv6m', 'fixed'): (0.0, 0.0, 92, 0.8008),
+    ('armv6m', 'float'): (0.0, 0.0, 0, 0.9538),
+    ('armv7emsp', 'fixed'): (0.0, 0.0, 92, 0.8008),
+    ('armv7emsp', 'float'): (0.0, 0.0, 0, 0.9538),
+    ('x64', 'fixed'): (0.2212, 0.0, 818, 0.0),
+    ('x64', 'float'): (0.3863, 0.0, 0, 0.0),
+}
+# An allocation this long needs one free run of its size: on a heap that the package's code
+# has cut into pieces, such runs are what runs out first (the share is fitted).
+LONG_RUN = 1024
+WEIGHTS_IN_RAM_SHARE = 1.0  # the board loads every layer (model.py): nothing is streamed
 
 _ITEMSIZE = {"f32": 4, "int8": 1}
 
@@ -86,24 +112,27 @@ class Budget:
     dims: list
     dtype: str
     samples: int
-    weights_bytes: int  # all frozen weights
-    weights_in_ram: bool
-    weights_ram: int  # what RAM holds of them: all, or the largest layer when streamed
-    activations: int
-    adapters: int
-    gradients: int
-    momentum: int
-    io_buffers: int
-    overhead: int
+    path: str  # the board's arithmetic for this model: "fixed" (int8, viper) or "float"
+    weights_bytes: int  # all frozen weights as the model file stores them
+    weights_ram: int  # the same in RAM: row-block arrays, scales, biases
+    activations: int  # per-layer buffers of the model and of the path
+    adapters: int  # masters (and the fixed path's int16 copies)
+    gradients: int  # the float path's gradient accumulators (the fixed path keeps none)
+    io_buffers: int  # labels and shuffle order (3 bytes a sample), dataset and cache buffers
+    overhead: int  # device package code and interpreter objects (measured, CODE_BYTES)
+    fragmentation: int  # heap lost between arrays (measured share, FRAGMENTATION)
     model_file: int
     dataset_file: int
     cache_file: int
     adapter_files: int  # twice the file: the new one is written before the old is replaced
+    long_runs: int = 0  # bytes of RAM in allocations of LONG_RUN bytes or more
+
+    weights_in_ram = True  # the board loads every layer (device/s2l/model.py)
 
     @property
     def ram_total(self):
         return (self.weights_ram + self.activations + self.adapters + self.gradients
-                + self.momentum + self.io_buffers + self.overhead)
+                + self.io_buffers + self.overhead + self.fragmentation)
 
     @property
     def flash_total(self):
@@ -122,27 +151,28 @@ class Budget:
         return self.fits_ram and self.fits_flash
 
     @property
-    def weights_mode(self):
-        return "kept in RAM" if self.weights_in_ram else "streamed from flash layer by layer"
+    def path_name(self):
+        return "fixed point, viper" if self.path == "fixed" else "float"
 
-    def lines(self):
-        """The breakdown compile prints."""
+    def lines(self, board_line=True):
+        """The breakdown compile and flash print (flash, having printed the connected board's
+        facts already, leaves out the first line)."""
         b = self.board
         ok = _verdict
-        return [
-            f"board {b.name} ({b.description}): heap {kib(b.heap_bytes)}, "
-            f"filesystem {kib(b.fs_bytes)}",
-            f"  RAM   {kib(self.ram_total)} of {kib(b.heap_bytes)}: {ok(self.fits_ram)}",
-            f"    weights {kib(self.weights_ram)} ({self.dtype}, {self.weights_mode}; "
-            f"all layers {kib(self.weights_bytes)})",
-            f"    activations {kib(self.activations)}, adapters {kib(self.adapters)}, "
-            f"gradients {kib(self.gradients)}, momentum {kib(self.momentum)}",
-            f"    I/O buffers {kib(self.io_buffers)}, device code and interpreter "
-            f"{kib(self.overhead)} (estimate)",
+        head = [f"board {b.name} ({b.description}): heap {kib(b.heap_bytes)}, "
+                f"filesystem {kib(b.fs_bytes)}"] if board_line else []
+        return head + [
+            f"  RAM   {kib(self.ram_total)} of {kib(b.heap_bytes)}: {ok(self.fits_ram)} "
+            f"(fine-tuning with the defaults: {self.path_name}, {self.samples} samples)",
+            f"    weights {kib(self.weights_ram)} ({self.dtype}, kept in RAM), activations "
+            f"{kib(self.activations)}, adapters {kib(self.adapters)}, gradients "
+            f"{kib(self.gradients)}, samples and I/O {kib(self.io_buffers)}",
+            f"    device code and interpreter {kib(self.overhead)}, fragmentation "
+            f"{kib(self.fragmentation)} (measured on the virtual boards, docs/BUDGET.md)",
             f"  flash {kib(self.flash_total)} of {kib(b.fs_bytes)}: {ok(self.fits_flash)}",
             f"    model {kib(self.model_file)}, dataset {kib(self.dataset_file)} and cache "
-            f"{kib(self.cache_file)} for {self.samples} samples, adapters "
-            f"{kib(self.adapter_files)}",
+            f"{kib(self.cache_file)} for {self.samples} samples (--samples N for your "
+            f"dataset's size), adapters {kib(self.adapter_files)}",
         ]
 
     def refusal(self):
@@ -150,40 +180,123 @@ class Budget:
         b = self.board
         return (f"the {'-'.join(map(str, self.dims))} {self.dtype} model does not fit "
                 f"{b.name}: RAM {kib(self.ram_total)} needed of {kib(b.heap_bytes)} heap "
-                f"(weights {self.weights_mode} {kib(self.weights_ram)}), flash "
-                f"{kib(self.flash_total)} needed of {kib(b.fs_bytes)}; try --dtype int8, "
-                f"--targets hidden, a smaller --rank or --samples, another --board, or --force")
+                f"(weights {kib(self.weights_ram)}), flash {kib(self.flash_total)} needed of "
+                f"{kib(b.fs_bytes)} for {self.samples} samples; try "
+                + ("" if self.dtype == "int8" else "--dtype int8, ")
+                + "--targets hidden, a smaller --rank or --samples, another --board, or --force")
+
+
+class _Heap:
+    """Bytes of GC-heap allocations on a board with this word size."""
+
+    def __init__(self, word_bits):
+        self.word = word_bits // 8
+        self.block = 4 * self.word  # MICROPY_BYTES_PER_GC_BLOCK
+        self.long_runs = 0  # bytes in allocations of LONG_RUN bytes or more
+
+    def blocks(self, nbytes):
+        return -(-max(nbytes, 1) // self.block) * self.block
+
+    def array(self, nbytes):
+        """array('x', ...) or bytearray: the object, then its items."""
+        items = self.blocks(nbytes)
+        if items >= LONG_RUN:
+            self.long_runs += items
+        return self.block + items
+
+    def list(self, n):
+        return self.block + self.blocks(n * self.word)
+
+    def tuple(self, n):
+        return self.blocks((2 + n) * self.word)
+
+
+def _weights_ram(h, dims, dtype):
+    item = _ITEMSIZE[dtype]
+    total = 0
+    for i in range(len(dims) - 1):
+        d_in, d_out = dims[i], dims[i + 1]
+        per = max(1, MODEL_BLOCK_BYTES // (d_in * item))
+        n_blocks = -(-d_out // per)
+        for k in range(n_blocks):
+            rows = min(per, d_out - k * per)
+            total += h.array(rows * d_in * item) + h.tuple(3)
+        total += h.list(n_blocks) + h.array(4 * d_out)  # W list, bias
+        if dtype == "int8":
+            total += h.array(4 * d_out)  # per-row scale
+    return total
+
+
+def _fixed_ram(h, dims, targets, rank):
+    """fixedpath.FixedPath's buffers and adapters (and the model's float xs)."""
+    L, C = len(dims) - 1, dims[-1]
+    act = sum(h.array(4 * d) for d in dims) + h.array(4 * max(dims))  # model xs, _tmp
+    act += sum(h.array(pad4(d)) for d in dims[:L]) + h.array(4 * max(dims[1:]))  # xq, v32
+    act += 4 * h.array(4 * C) + 2 * h.array(2 * C) + h.array(4 * PAYLOAD_CHUNK)
+    act += sum(2 * h.array(4 * d) + h.array(d) for d in dims[1:])  # dM, dB, dN
+    ads = 0
+    for i in targets:
+        d = dims[i]
+        ads += rank * (h.array(4 * d) + h.array(2 * d)) + 2 * h.list(rank)
+        ads += h.array(4 * C * rank) + h.array(2 * C * rank) + h.array(2 * rank) + h.array(4 * rank)
+    return act, ads, 0
+
+
+def _float_ram(h, dims, targets, rank):
+    """floatpath.FloatPath's buffers, adapters and gradient accumulators (and the model's xs)."""
+    C = dims[-1]
+    act = 2 * (sum(h.array(4 * d) for d in dims)) + h.array(4 * max(dims))  # model's, path's xs
+    act += 2 * h.array(4 * C) + 3 * h.array(4 * max(dims))  # y, g, tmp, delta, delta2
+    ads = grads = 0
+    for i in targets:
+        d = dims[i]
+        ads += rank * h.array(4 * d) + h.list(rank) + h.array(4 * C * rank)
+        ads += h.array(4 * rank) + h.array(4 * max(rank, C))
+        grads += rank * h.array(4 * d) + h.list(rank) + h.array(4 * C * rank)
+    return act, ads, grads
+
+
+def code_key(board, path):
+    key = (board.mpy_arch, path)
+    if key in CODE_BYTES:
+        return key
+    return max((k for k in CODE_BYTES if k[0] != "x64" and k[1] == path),
+               key=lambda k: CODE_BYTES[k] + sum(FRAGMENTATION[k]) * 1e5)
 
 
 def estimate(dims, board, dtype="f32", rank=4, mask=None, samples=DEFAULT_SAMPLES,
-             dataset_dtype="int8"):
-    """RAM and flash needed to fine-tune a model of these dims on `board`.
+             dataset_dtype="int8", batch_size=1):
+    """RAM and flash needed to fine-tune a model of these dims on `board` with the defaults of
+    `skip2lora finetune` (skip2lora, backend auto).
 
     `mask` is the adapter mask (bit i: adapter on layer i's input), all layers when None.
-    `dataset_dtype` is how the fine-tuning samples are packed on the board.
+    `dataset_dtype` is how the fine-tuning samples are packed on the board; `batch_size` does
+    not change the heap (the fixed path steps per sample, the float path's accumulators exist
+    for any batch).
     """
     dims = [int(d) for d in dims]
     n_layers = len(dims) - 1
     mask = (1 << n_layers) - 1 if mask is None else mask
-    classes = dims[-1]
-    payloads = [layer_payload_bytes(dims[i], dims[i + 1], dtype) for i in range(n_layers)]
-    weights = sum(payloads)
-    in_ram = weights <= WEIGHTS_IN_RAM_SHARE * board.heap_bytes
-    values = adapter_values(dims, rank, mask)
-    n_adapters = bin(mask).count("1")
-    dataset_record = dims[0] * _ITEMSIZE[dataset_dtype] + 1
+    targets = [i for i in range(n_layers) if mask >> i & 1]
+    h = _Heap(board.word_bits)
+    path = "fixed" if dtype == "int8" else "float"
+    weights = sum(layer_payload_bytes(dims[i], dims[i + 1], dtype) for i in range(n_layers))
+    weights_ram = _weights_ram(h, dims, dtype)
+    act, ads, grads = (_fixed_ram if path == "fixed" else _float_ram)(h, dims, targets, rank)
+    item = _ITEMSIZE[dataset_dtype]
+    io = h.array(samples) + h.array(2 * samples)  # labels, shuffle order
+    io += h.array(dims[0] * item) + h.array(pad4(dims[0]))  # dataset record, cache x1 view
+    key = code_key(board, path)
+    frag_weights, frag_adapters, per_row, frag_long = FRAGMENTATION[key]
     return Budget(
-        board=board, dims=dims, dtype=dtype, samples=samples,
-        weights_bytes=weights, weights_in_ram=in_ram,
-        weights_ram=weights if in_ram else max(payloads),
-        activations=ACTIVATION_BYTES * (sum(dims) + n_adapters * rank + 2 * classes),
-        adapters=ADAPTER_BYTES_PER_VALUE * values,
-        gradients=GRADIENT_BYTES_PER_VALUE * values,
-        momentum=MOMENTUM_BYTES_PER_VALUE * values,
-        io_buffers=dataset_record + cache_record_bytes(dims) + 4 + FILE_BLOCK_BYTES,
-        overhead=DEVICE_OVERHEAD_BYTES,
+        board=board, dims=dims, dtype=dtype, samples=samples, path=path,
+        weights_bytes=weights, weights_ram=weights_ram, activations=act, adapters=ads,
+        gradients=grads, io_buffers=io, overhead=CODE_BYTES[key],
+        fragmentation=int(frag_weights * weights_ram + frag_adapters * (ads + grads)
+                          + per_row * rank * len(targets) + frag_long * h.long_runs),
         model_file=model_file_bytes(dims, dtype),
         dataset_file=dataset_file_bytes(dims[0], samples, dataset_dtype),
         cache_file=cache_file_bytes(dims, samples),
         adapter_files=2 * adapter_file_bytes(dims, rank, mask),
+        long_runs=h.long_runs,
     )

@@ -4,7 +4,8 @@ import time
 from skip2lora.board import deploy
 from skip2lora.commands.common import add_port_argument
 from skip2lora.board.profiles import Board, get_board
-from skip2lora.board.budget import estimate
+from skip2lora.board.budget import DEFAULT_SAMPLES, DEFAULT_SAMPLES_WHY, estimate
+from skip2lora.config import FinetuneConfig
 from skip2lora.errors import UserError
 from skip2lora.model.formats import read_model
 from skip2lora.board.link import BoardLink
@@ -22,8 +23,9 @@ def register(subparsers):
     parser.add_argument("--board", default=None,
                         help="board profile to budget against (default: the heap and flash the "
                              "board itself reports)")
-    parser.add_argument("--samples", type=int, default=705,
-                        help="fine-tuning samples to budget flash for (default 705)")
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                        help=f"fine-tuning samples to budget for (default {DEFAULT_SAMPLES}: "
+                             f"{DEFAULT_SAMPLES_WHY})")
     parser.add_argument("--force", action="store_true", help="flash even if it does not fit")
     parser.set_defaults(run=run)
 
@@ -32,10 +34,14 @@ def measured_board(info, profile=None):
     """A Board from what the connected board reports; a named profile keeps its own figures."""
     if profile:
         return get_board(profile)
-    return Board("connected", info.describe(), info.heap_total, info.fs_free, info.arch or "none")
+    wide = info.arch in ("x64", "aarch64")  # a 64-bit port: GC blocks and pointers are twice as big
+    return Board("connected", info.describe(), info.heap_total, info.fs_free, info.arch or "none",
+                 word_bits=64 if wide else 32, float_bits=64 if wide else 32)
 
 
 def run(args):
+    if args.samples < 1:
+        raise UserError(f"--samples {args.samples} must be at least 1")
     model = read_model(args.model)
     started = time.time()
     with BoardLink(args.port) as link:
@@ -44,8 +50,11 @@ def run(args):
         print(deploy.describe_board_config(link))
         budget = estimate(model.dims, measured_board(info, args.board),
                           dtype="int8" if model.dtype else "f32", rank=model.rank,
-                          mask=model.adapter_mask, samples=args.samples)
-        for line in budget.lines():
+                          mask=model.adapter_mask, samples=args.samples,
+                          dataset_dtype=FinetuneConfig.dataset_dtype,
+                          batch_size=FinetuneConfig.batch_size)
+        # the connected board's facts are printed above; a named profile's are news
+        for line in budget.lines(board_line=args.board is not None):
             print(line)
         if not budget.fits and not args.force:
             raise UserError(budget.refusal(), args.model)
