@@ -203,7 +203,13 @@ class Trainer:
     def _guard(self, loss, sample):
         """A sample's loss, or an epoch's mean, that the divergence guard must judge:
         guard.check raises guard.Diverged, or returns when the epoch is fine after all."""
-        from .guard import check
+        try:
+            from .guard import check
+        except MemoryError:  # no room for its code: a sample's loss is enough to stop, an
+            if sample:       # epoch's mean is let through rather than fail a run that fits
+                raise S2LError("training diverged in epoch %d (loss %s); lower lr"
+                               % (self.epochs_done + 1, loss))
+            return
         check(self, loss, sample)
 
     # ================================================================== results

@@ -236,3 +236,33 @@ def test_the_guard_loads_only_on_demand():
     job_tree = ast.parse((DEVICE / "s2l" / "job.py").read_text())
     assert not [n for n in ast.walk(job_tree)
                 if isinstance(n, ast.ImportFrom) and n.module == "guard"]
+
+
+def test_no_room_for_the_guards_code_still_stops_a_sample_loss_and_lets_a_mean_through(work):
+    """guard.py is imported mid-training; on a heap with no room left for it the Trainer stops
+    on a sample's loss by itself, and lets an epoch's mean through rather than fail a run that
+    fits (the import made to raise MemoryError, as a full heap does)."""
+    res, _ = run("""
+import builtins
+_import = builtins.__import__
+def no_room(name, *a):
+    if name == "guard" or name.endswith(".guard"):
+        raise MemoryError("memory allocation failed")
+    return _import(name, *a)
+builtins.__import__ = no_room
+from s2l import Trainer, S2LError
+out = []
+for model, data, method, lr in (("m-f32.s2lm", "d32.s2ld", "lora-all", 1000.0),
+                                ("m-int8.s2lm", "d8.s2ld", "skip2lora", 1000.0)):
+    t = Trainer(model, data, method=method, rank=2, seed=3, lr=lr, cache="c.s2lc", log=None)
+    try:
+        t.fit(2)
+        out.append(t.epochs_done)
+    except S2LError as e:
+        out.append(str(e))
+RESULT(out=out)
+""", work)
+    sample, mean = res[-1]["out"]
+    assert sample.startswith("training diverged in epoch 1 (loss ") and sample.endswith(
+        "); lower lr")
+    assert mean == 2
