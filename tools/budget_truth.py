@@ -56,6 +56,7 @@ from skip2lora.model.formats import (DTYPE_I8, ModelFile, ModelLayer, dataset_fr
 from skip2lora.model.quantize import quantize_rows  # noqa: E402
 
 KINDS = ("unix", "cortex-m0plus", "cortex-m4f")
+BOARD_KINDS = KINDS[1:]  # the Cortex-M firmware, 192 KiB heap
 # The board profile each kind is budgeted as: the same arch and word size (the heap figure
 # is not used: the need is compared with the measurement).
 KIND_BOARDS = {"unix": "unix", "cortex-m0plus": "rp2040", "cortex-m4f": "pyboard"}
@@ -65,6 +66,9 @@ BISECT_SHARE = 0.004  # stop when the bracket is this share of the need (or BISE
 BISECT_FLOOR = 256
 UNIX_HEAP = 8 * 1024 * 1024  # the unix port's heap: every model of the grid fits, ballast does the rest
 IMAGE_BLOCKS = 2048  # 8 MiB unix flash image
+FIRMWARE_HEAP = 192064  # the Cortex-M firmware's GC total (an RP2040 build reports the same)
+HEAP_MARGIN = 6144  # how far inside that heap the fit keeps the models that ran on it (room
+# for the default 533 samples instead of the 32 measured, and some more)
 
 # Every value of each axis at least once: widths 32-512, depth 2-4 layers, f32 and int8, rank
 # 1-16, targets all and hidden, batch 1-8. (dims, dtype, rank, targets, batch)
@@ -291,7 +295,9 @@ def fit(data, low=1.02):
     programme: predicted = code + (1 + fw) * weights + (1 + fa) * adapters + other
     + per_row * adapter rows, with every predicted >= low x needed (room for the package to
     grow a little before the next measurement) and the largest ratio
-    predicted / needed as small as it can be (the 32-bit arches share fw, fa and per_row,
+    predicted / needed as small as it can be, and every model that completed on the Cortex-M
+    firmware's heap predicted within it (else compile would refuse, for an RP2040, a model
+    the board runs). The 32-bit arches share fw, fa, per_row and fl;
     each has its own code). Returns {key: (code, (fw, fa, per_row, fl), worst ratio, rows)}."""
     from scipy.optimize import linprog
 
@@ -313,7 +319,14 @@ def fit(data, low=1.02):
             b.append(base - low * need)
             A.append(row + [-float(need)])  # predicted <= t * needed
             b.append(-base)
-        res = linprog([0.0] * (n - 1) + [1.0], A_ub=A, b_ub=b, bounds=[(0, None)] * n)
+            if arch != "x64":  # ran on the 192 KiB heap: compile must not refuse it there
+                A.append(row + [0.0])
+                b.append(FIRMWARE_HEAP - HEAP_MARGIN - base)
+        # codes >= 0; the shares may be negative (a term can stand for what the arrays'
+        # block rounding overstates), down to -0.5
+        bounds = [(0, None)] * len(arches) + [(-0.5, None)] * 2 + [(-2048, None)] \
+            + [(-0.5, None)] + [(0, None)]
+        res = linprog([0.0] * (n - 1) + [1.0], A_ub=A, b_ub=b, bounds=bounds)
         x = res.x
         fw, fa, per_row, fl = x[len(arches):len(arches) + 4]  # rounded up: never below
         frag = (float(np.ceil(fw * 1e4) / 1e4), float(np.ceil(fa * 1e4) / 1e4),
