@@ -291,14 +291,14 @@ def parts(kind, config, samples=SAMPLES):
 
 
 def fit(data, low=1.02):
-    """CODE_BYTES and FRAGMENTATION per (arch, path) from the measured rows, by a linear
-    programme: predicted = code + (1 + fw) * weights + (1 + fa) * adapters + other
-    + per_row * adapter rows, with every predicted >= low x needed (room for the package to
-    grow a little before the next measurement) and the largest ratio
-    predicted / needed as small as it can be, and every model that completed on the Cortex-M
-    firmware's heap predicted within it (else compile would refuse, for an RP2040, a model
-    the board runs). The 32-bit arches share fw, fa, per_row and fl;
-    each has its own code). Returns {key: (code, (fw, fa, per_row, fl), worst ratio, rows)}."""
+    """CODE_BYTES and FRAGMENTATION per (arch, path) for budget.py from the measured rows, by a linear programme: predicted = code + (1 + fw) * weights
+    + (1 + fa) * adapters + other + per_row * adapter rows + fl * bytes in long allocations,
+    with every predicted >= low x needed (room for the package to grow a little before the
+    next measurement), every model that completed on the Cortex-M firmware's heap predicted
+    HEAP_MARGIN inside it (else compile would refuse, for an RP2040, a model the board runs),
+    and the largest ratio predicted / needed as small as it can be. The 32-bit arches share
+    fw, fa, per_row and fl; each has its own code. Returns {key: (code, (fw, fa, per_row, fl),
+    worst ratio, rows)}."""
     from scipy.optimize import linprog
 
     pools = {}
@@ -339,6 +339,17 @@ def fit(data, low=1.02):
             need = np.array([p[3] for p in mine], float)
             out[(arch, path)] = (code, frag, float((pred / need).max()), len(mine))
     return out
+
+
+def live_bytes(data):
+    """budget.LIVE_BYTES: per arch, 0.9 x the least any measured model needed besides its
+    arrays (the floor under the fitted terms)."""
+    least = {}
+    for r in data["rows"]:
+        if r["fits"]:
+            w, a, o, _, _, arch, _ = parts(r["kind"], r, data["samples"])
+            least[arch] = min(least.get(arch, r["needed"]), r["needed"] - w - a - o)
+    return {arch: int(0.9 * v) for arch, v in sorted(least.items())}
 
 
 def render(data):
@@ -391,7 +402,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.fit:
-        for key, (code, frag, worst, n) in fit(json.loads(out.read_text())).items():
+        data = json.loads(out.read_text())
+        print(f"LIVE_BYTES = {live_bytes(data)!r}")
+        for key, (code, frag, worst, n) in fit(data).items():
             print(f"{key!r}: code {code}, fragmentation {frag}  ({n} rows, worst ratio "
                   f"{worst:.3f})")
         return 0
