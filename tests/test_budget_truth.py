@@ -25,10 +25,10 @@ HEAP_192K = 192064  # the Cortex-M firmware's GC total, as the runs report it
 # The target is predicted <= 1.10 x measured. The estimate (arrays counted block by
 # block, plus code and fragmentation terms fitted by tools/budget_truth.py --fit) meets it for
 # most rows, not all (docs/BUDGET.md, docs/compiler.md): the heap lost to fragmentation is not
-# linear in anything the budget sees, and the fit also keeps every model that ran on the
-# 192 KiB firmware heap inside it, which costs ratio on the small models. These are the
+# linear in anything the budget sees, and the fit also keeps the verdict on the 192 KiB
+# firmware heap right for every model (ran: inside it; did not: above it). These are the
 # bounds that hold; never below the need is exact.
-TOLERANCE = {"unix": 1.14, "cortex-m0plus": 1.56, "cortex-m4f": 1.56}
+TOLERANCE = {"unix": 1.14, "cortex-m0plus": 1.15, "cortex-m4f": 1.15}
 
 
 def rows(kind):

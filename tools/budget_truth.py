@@ -296,20 +296,23 @@ def fit(data, low=1.02):
     with every predicted >= low x needed (room for the package to grow a little before the
     next measurement), every model that completed on the Cortex-M firmware's heap predicted
     HEAP_MARGIN inside it (else compile would refuse, for an RP2040, a model the board runs),
-    and the largest ratio predicted / needed as small as it can be. The 32-bit arches share
+    every model that did not complete there predicted above it, and the largest ratio predicted / needed as small as it can be. The 32-bit arches share
     fw, fa, per_row and fl; each has its own code. Returns {key: (code, (fw, fa, per_row, fl),
     worst ratio, rows)}."""
     from scipy.optimize import linprog
 
-    pools = {}
+    pools, refused = {}, {}
     for r in data["rows"]:
+        w, a, o, n_rows, long_runs, arch, path = parts(r["kind"], r, data["samples"])
+        pool = ("x64" if arch == "x64" else "32-bit", path)
         if r["fits"]:
-            w, a, o, n_rows, long_runs, arch, path = parts(r["kind"], r, data["samples"])
-            pool = ("x64" if arch == "x64" else "32-bit", path)
             pools.setdefault(pool, []).append((arch, (w, a, n_rows, long_runs), w + a + o,
                                                r["needed"]))
+        else:  # did not complete on the firmware's heap: must be predicted above it
+            refused.setdefault(pool, []).append((arch, (w, a, n_rows, long_runs), w + a + o))
     out = {}
-    for (_, path), pts in sorted(pools.items()):
+    for pool_key, pts in sorted(pools.items()):
+        path = pool_key[1]
         arches = sorted({p[0] for p in pts})
         n = len(arches) + 4 + 1  # codes, fw, fa, per_row, fl, t
         A, b = [], []
@@ -322,10 +325,14 @@ def fit(data, low=1.02):
             if arch != "x64":  # ran on the 192 KiB heap: compile must not refuse it there
                 A.append(row + [0.0])
                 b.append(FIRMWARE_HEAP - HEAP_MARGIN - base)
-        # codes >= 0; the shares may be negative (a term can stand for what the arrays'
-        # block rounding overstates), down to -0.5
-        bounds = [(0, None)] * len(arches) + [(-0.5, None)] * 2 + [(-2048, None)] \
-            + [(-0.5, None)] + [(0, None)]
+        for arch, f, base in refused.get(pool_key, []):
+            if arch in arches:
+                row = [float(arch == x) for x in arches] + [float(v) for v in f]
+                A.append([-v for v in row] + [0.0])  # predicted > the heap
+                b.append(base - FIRMWARE_HEAP - 1)
+        # codes >= 0; the other terms are signed corrections (budget.py floors the total at
+        # the arrays plus LIVE_BYTES)
+        bounds = [(0, None)] * len(arches) + [(None, None)] * 4 + [(0, None)]
         res = linprog([0.0] * (n - 1) + [1.0], A_ub=A, b_ub=b, bounds=bounds)
         x = res.x
         fw, fa, per_row, fl = x[len(arches):len(arches) + 4]  # rounded up: never below
