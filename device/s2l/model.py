@@ -2,7 +2,6 @@
 # dims, block headers, NaN), loaded once into typed arrays, a float forward() that applies
 # loaded adapters of every kind, and predict(): an int8 model's runs through the fixed-point
 # kernels (int8forward.py), a float model's through forward().
-import gc
 import struct
 
 from .compat import S2LError
@@ -100,12 +99,6 @@ class Model:
             bias = read_exact(f, zeros("f", d_out), 4 * d_out, path, _WHAT)
             check_finite(path, _WHAT, "layer %d bias" % i, bias)
             self.layers.append(Layer(d_in, d_out, W, scale, bias, i < L - 1))
-            # this layer's garbage (header tuples, boxed floats of the checks) freed before the
-            # next layer's blocks are placed: else the allocator walks the whole heap before
-            # its first collection and the blocks end up scattered, with holes too short for
-            # the Trainer's 2 KB rows between them (a 512-32-32-3 int8 model needed 183 KB of
-            # a Cortex-M0+ heap instead of under 150 KB; tools/budget_truth.py)
-            gc.collect()
 
     # ------------------------------------------------------------------ float inference
 
