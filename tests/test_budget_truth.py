@@ -28,7 +28,7 @@ HEAP_192K = 192064  # the Cortex-M firmware's GC total, as the runs report it
 # linear in anything the budget sees, and the fit also keeps the verdict on the 192 KiB
 # firmware heap right for every model (ran: inside it; did not: above it). These are the
 # bounds that hold; never below the need is exact.
-TOLERANCE = {"unix": 1.14, "cortex-m0plus": 1.15, "cortex-m4f": 1.15}
+TOLERANCE = {"unix": 1.13, "cortex-m0plus": 1.21, "cortex-m4f": 1.21}
 
 
 def rows(kind):
