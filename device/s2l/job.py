@@ -59,7 +59,9 @@ def _kernels_first(model, method, backend):
         head = f.read(10)  # the header's weight dtype is byte 9 (docs/formats.md)
     finally:
         f.close()
-    if len(head) == 10 and head[9] == I8:
+    ok = len(head) == 10 and head[9] == I8
+    f = head = None
+    if ok:
         try:
             kernels.get(TRAINER_BACKEND.get(backend, backend))
         except ImportError:
