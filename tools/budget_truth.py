@@ -228,31 +228,26 @@ def bisect_need(runner, guess=None):
         if status != "memory":
             raise RuntimeError(f"{runner.kind} {runner.config}: {status}")
         return {"fits": False, "total": total, "runs": runner.runs}
-    lo, hi = 0, total  # ballast: lo passes, hi fails (a ballast of the whole heap cannot pass)
-    need_pass = total
-    need_fail = 0
+    bounds = {"lo": 0, "hi": total, "pass": total, "fail": 0}  # ballast: lo passes, hi fails
+
+    def probe(ballast):
+        status, _, used = runner.trial(ballast)
+        if status == "ok":
+            bounds.update(lo=ballast, **{"pass": total - used})
+        elif status == "memory":
+            bounds.update(hi=ballast, fail=total - used)
+        else:
+            raise RuntimeError(f"{runner.kind} {runner.config}: {status}")
+        return status
+
     if guess:  # start near the estimate: two probes bracket it
         for share in (1.0, 0.9):
             b = max(0, min(total - 1024, int(total - guess * share)))
-            if lo < b < hi:
-                status, _, used = runner.trial(b)
-                if status == "ok":
-                    lo, need_pass = b, total - used
-                elif status == "memory":
-                    hi, need_fail = b, total - used
-                else:
-                    raise RuntimeError(f"{runner.kind} {runner.config}: {status}")
-                if status != "ok":
-                    break
-    while hi - lo > max(BISECT_FLOOR, BISECT_SHARE * (total - lo)):
-        b = (lo + hi) // 2
-        status, _, used = runner.trial(b)
-        if status == "ok":
-            lo, need_pass = b, total - used
-        elif status == "memory":
-            hi, need_fail = b, total - used
-        else:
-            raise RuntimeError(f"{runner.kind} {runner.config}: {status}")
+            if bounds["lo"] < b < bounds["hi"] and probe(b) != "ok":
+                break
+    while bounds["hi"] - bounds["lo"] > max(BISECT_FLOOR, BISECT_SHARE * (total - bounds["lo"])):
+        probe((bounds["lo"] + bounds["hi"]) // 2)
+    need_pass, need_fail = bounds["pass"], bounds["fail"]
     return {"fits": True, "needed": need_pass, "failed_at": need_fail, "total": total,
             "runs": runner.runs}
 
