@@ -22,7 +22,7 @@ from skip2lora.commands.common import add_config_arguments
 from skip2lora.commands.finetune import job_arguments
 from skip2lora.config import FinetuneConfig
 from skip2lora.errors import UserError
-from skip2lora.training.step_size import lr_for_board
+from skip2lora.commands.finetune import lr_for_board
 
 ROOT = Path(__file__).resolve().parents[1]
 

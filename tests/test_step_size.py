@@ -12,6 +12,7 @@ import pytest
 from skip2lora.config import LR_AUTO, FinetuneConfig
 from skip2lora.data.synthetic import make_drift
 from skip2lora.model.network import Dense, Network
+from skip2lora.commands.finetune import lr_for_board
 from skip2lora.training import step_size
 from skip2lora.training.reference import finetune
 
@@ -98,7 +99,7 @@ def test_cli_lr_is_auto_or_a_number():
 def test_an_explicit_lr_wins_and_a_board_dataset_gets_the_boards_default():
     said = []
     given = argparse.Namespace(lr=0.5, data="x.npz")
-    assert step_size.lr_for_board(given, None, "m", log=said.append) == 0.5 and not said
+    assert lr_for_board(given, None, "m", log=said.append) == 0.5 and not said
     on_board = argparse.Namespace(lr=LR_AUTO, data=":/data/x.s2ld")
-    assert step_size.lr_for_board(on_board, None, "m", log=said.append) == FinetuneConfig.lr
+    assert lr_for_board(on_board, None, "m", log=said.append) == FinetuneConfig.lr
     assert len(said) == 1 and "/data/x.s2ld is on the board" in said[0]

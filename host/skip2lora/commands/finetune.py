@@ -21,8 +21,8 @@ from skip2lora.config import BOARD_METHODS, LR_AUTO, SKIP_METHODS, FinetuneConfi
 from skip2lora.data.files import load_labelled
 from skip2lora.errors import UserError
 from skip2lora.model.formats import (DTYPE_F32, DTYPE_I8, MAX_RANK, dataset_from_arrays,
-                                     encode_dataset, read_adapters, read_model)
-from skip2lora.training.step_size import lr_for_board, parse_lr
+                                     decode_dataset, encode_dataset, read_adapters, read_model)
+from skip2lora.training.step_size import LR_GRID, choose_lr, parse_lr
 
 # The FinetuneConfig fields that are options of `finetune` (their help and defaults are there).
 OPTIONS = ("method", "epochs", "lr", "batch_size", "rank", "seed", "targets", "dataset_dtype",
@@ -135,6 +135,37 @@ def batch_note(batch_size, n):
         return (f"note: --batch-size {batch_size} is more than the {n} samples: each epoch is one "
                 f"batch of {n}, so one SGD step per epoch")
     return None
+
+
+def lr_for_board(args, model, model_name, dataset=None, log=print):
+    """The lr `skip2lora finetune` sends the board for its parsed options `args` and the
+    flashed ModelFile: --lr as given, or with auto the choice (training/step_size.py) on
+    `dataset`, the DatasetFile being uploaded, so it sees the samples as the board will. A
+    dataset already on the board (--data :PATH) is not on the host, so auto gives the board's
+    own default there, and says so."""
+    if args.lr != LR_AUTO:
+        return args.lr
+    if args.data.startswith(":"):
+        log(f"lr {FinetuneConfig.lr:g} (the board's default): --lr auto chooses on the host "
+            f"from the data file, and {args.data[1:]} is on the board; give --lr to choose")
+        return FinetuneConfig.lr
+    targets = board_targets(args.targets) if args.targets else \
+        [i for i in range(len(model.layers)) if model.adapter_mask >> i & 1] or "all"
+    cfg = FinetuneConfig(method=args.method, rank=args.rank or model.rank,
+                         batch_size=args.batch_size, seed=args.seed, targets=targets)
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(LR_GRID), unit="lr", desc="choosing lr on the host", leave=False)
+    try:
+        choice = choose_lr(model.to_network(), dataset.float_features(), dataset.labels, cfg,
+                           progress=None if bar is None else lambda done, total: bar.update(1))
+    finally:
+        if bar is not None:
+            bar.close()
+    log(choice.summary())
+    return choice.lr
 
 
 def board_lr(lr):
@@ -301,7 +332,7 @@ def run(args):
         else:  # read back and checked whole (CRCs) before anything is uploaded or trained
             model = read_model(link.read_file(BOARD_MODEL, missing=MODEL_MISSING), model_name)
             check_against_model(args, model, model_name)
-        noted = False
+        noted, dataset = False, None
         if args.data.startswith(":"):
             data_path = args.data[1:]
             if link.file_sha256(data_path) is None:
@@ -311,6 +342,7 @@ def run(args):
             print(f"dataset: {data_path} on the board")
         else:
             data, n = load_dataset_bytes(args.data, model, model_name, args.dataset_dtype)
+            dataset = decode_dataset(data)
             note = batch_note(args.batch_size, n)
             if note:
                 print(note)
@@ -322,7 +354,7 @@ def run(args):
                 print(f"dataset: uploading {n} samples ({len(data):,} bytes) to "
                       f"{data_path}")
                 link.write_file(data_path, data)
-        args.lr = lr_for_board(args, model, model_name)
+        args.lr = lr_for_board(args, model, model_name, dataset)
         print(f"training {args.method} on the board: {args.epochs} epochs, lr {args.lr}, "
               f"batch {args.batch_size}, seed {args.seed}")
         progress = Progress(args.epochs, args.batch_size, noted)

@@ -19,15 +19,12 @@ Skip-Cache across epochs, so the choice costs a few seconds on the host.
 """
 import argparse
 import math
-import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from skip2lora.config import LR_AUTO, FinetuneConfig
-from skip2lora.data.files import load_labelled
 from skip2lora.errors import UserError
-from skip2lora.model.formats import DTYPE_F32, DTYPE_I8, dataset_from_arrays
 from skip2lora.training.reference import finetune
 
 # Half-decades from 1e-5 to 0.1: the fan spectra's best lr lies around 0.01-0.05, the digits'
@@ -144,48 +141,3 @@ def parse_lr(text):
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"must be {LR_AUTO} or a number >= 0, got {text!r}")
     return value
-
-
-def _targets(spec, model):
-    """--targets as the reference takes it; None is the model's adapter mask."""
-    if spec is None:
-        return [i for i in range(len(model.layers)) if model.adapter_mask >> i & 1] or "all"
-    if spec in ("all", "hidden"):
-        return spec
-    try:
-        return sorted({int(part) for part in spec.split(",")})
-    except ValueError:
-        raise UserError(f"--targets {spec!r} is not all, hidden or 0-based layer indexes like "
-                        f"0,2") from None
-
-
-def lr_for_board(args, model, model_name, log=print):
-    """The lr `skip2lora finetune` sends the board for its parsed options `args` and the
-    flashed ModelFile: --lr as given, or with auto the choice on the data file, packed as the
-    board will see it (int8 or f32). A dataset already on the board (--data :PATH) is not on
-    the host, so auto gives the board's own default there, and says so."""
-    if args.lr != LR_AUTO:
-        return args.lr
-    if args.data.startswith(":"):
-        log(f"lr {FinetuneConfig.lr:g} (the board's default): --lr auto chooses on the host "
-            f"from the data file, and {args.data[1:]} is on the board; give --lr to choose")
-        return FinetuneConfig.lr
-    x, y = load_labelled(args.data, model.dims[0], model.dims[-1], model_name)
-    code = DTYPE_I8 if args.dataset_dtype == "int8" else DTYPE_F32
-    x = dataset_from_arrays(x, y, model.dims[-1], code).float_features()
-    cfg = FinetuneConfig(method=args.method, rank=args.rank or model.rank,
-                         batch_size=args.batch_size, seed=args.seed,
-                         targets=_targets(args.targets, model))
-    bar = None
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(LR_GRID), unit="lr", desc="choosing lr on the host", leave=False)
-    try:
-        choice = choose_lr(model.to_network(), x, y, cfg,
-                           progress=None if bar is None else lambda done, total: bar.update(1))
-    finally:
-        if bar is not None:
-            bar.close()
-    log(choice.summary())
-    return choice.lr
