@@ -199,12 +199,13 @@ class BoardLink:
         return self.run(call_code(target, **kwargs), on_output=on_output, timeout=timeout)
 
     def script(self, name, /, **kwargs):
-        """Run the board script board/scripts/<name>.py (checked like call()); return what it
-        printed."""
-        return self.run(script_code(name, **kwargs))
+        """Run the board script board/scripts/<name>.py (checked like call()); return the last
+        line it printed, its result ("" for a script that prints nothing)."""
+        lines = self.run(script_code(name, **kwargs)).strip().splitlines()
+        return lines[-1] if lines else ""
 
     def info(self):
-        return BoardInfo(*ast.literal_eval(self.script("info").strip().splitlines()[-1]))
+        return BoardInfo(*ast.literal_eval(self.script("info")))
 
     # ------------------------------------------------------------ files
 
@@ -297,7 +298,7 @@ class BoardLink:
 
     def file_sha256(self, path):
         """sha256 hex of a board file, or None if it does not exist."""
-        text = self.script("sha256", path=path).strip().splitlines()[-1]
+        text = self.script("sha256", path=path)
         if text == "NOHASH":  # CircuitPython without Wi-Fi has no hashlib: read the file back
             return sha256(self.read_file(path))
         return None if text == "MISSING" else text
@@ -306,11 +307,11 @@ class BoardLink:
         self.script("makedirs", path=path)
 
     def listdir(self, path):
-        return ast.literal_eval(self.script("listdir", path=path).strip().splitlines()[-1])
+        return ast.literal_eval(self.script("listdir", path=path))
 
     def file_crc(self, path):
         """The file_crc trailer (last 4 bytes) of a board file, without copying the file."""
-        return int(self.script("file_crc", path=path).strip().splitlines()[-1])
+        return int(self.script("file_crc", path=path))
 
 
 def sha256(data):
