@@ -1,11 +1,20 @@
 """Arguments more than one subcommand takes, defined once so they read the same everywhere."""
 from dataclasses import MISSING, fields
 
+from skip2lora.board.budget import DEFAULT_SAMPLES, DEFAULT_SAMPLES_WHY
+
 
 def add_port_argument(parser):
     parser.add_argument("--port", "-p", default=None,
                         help="serial port of the board, e.g. /dev/ttyACM0 (default: the running "
                              "virtual board, see `skip2lora board start`)")
+
+
+def add_samples_argument(parser):
+    """--samples of compile and flash: the one sample count their budgets assume."""
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                        help=f"fine-tuning samples to budget for (default {DEFAULT_SAMPLES}: "
+                             f"{DEFAULT_SAMPLES_WHY})")
 
 
 def add_config_arguments(parser, config, names, **overrides):

@@ -7,7 +7,7 @@ whether the model, its adapters and the fine-tuning data fit the board's heap an
 from skip2lora.model import compiler
 from skip2lora.board import budget
 from skip2lora.board.profiles import BOARDS, get_board
-from skip2lora.commands.common import add_config_arguments
+from skip2lora.commands.common import add_config_arguments, add_samples_argument
 from skip2lora.config import FinetuneConfig
 from skip2lora.data.files import load_labelled
 from skip2lora.errors import UserError
@@ -30,9 +30,7 @@ def register(subparsers):
     add_config_arguments(parser, FinetuneConfig, ("rank", "alpha", "targets"))
     parser.add_argument("--board", help="board to budget for (see `skip2lora boards`); "
                                         "refuses a model that does not fit")
-    parser.add_argument("--samples", type=int, default=budget.DEFAULT_SAMPLES,
-                        help=f"fine-tuning samples to budget for (default "
-                             f"{budget.DEFAULT_SAMPLES}: {budget.DEFAULT_SAMPLES_WHY})")
+    add_samples_argument(parser)
     add_config_arguments(parser, FinetuneConfig, ("dataset_dtype",), dataset_dtype=dict(
         help="how the fine-tuning samples will be packed on the board, for the flash budget "
              "(default int8)"))

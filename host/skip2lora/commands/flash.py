@@ -2,9 +2,9 @@
 import time
 
 from skip2lora.board import deploy
-from skip2lora.commands.common import add_port_argument
+from skip2lora.commands.common import add_port_argument, add_samples_argument
 from skip2lora.board.profiles import Board, get_board
-from skip2lora.board.budget import DEFAULT_SAMPLES, DEFAULT_SAMPLES_WHY, estimate
+from skip2lora.board.budget import estimate
 from skip2lora.config import FinetuneConfig
 from skip2lora.errors import UserError
 from skip2lora.model.formats import read_model
@@ -23,9 +23,7 @@ def register(subparsers):
     parser.add_argument("--board", default=None,
                         help="board profile to budget against (default: the heap and flash the "
                              "board itself reports)")
-    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
-                        help=f"fine-tuning samples to budget for (default {DEFAULT_SAMPLES}: "
-                             f"{DEFAULT_SAMPLES_WHY})")
+    add_samples_argument(parser)
     parser.add_argument("--force", action="store_true", help="flash even if it does not fit")
     parser.set_defaults(run=run)
 
