@@ -28,12 +28,20 @@ def require_cooling_fan_data():
 
 
 def require_emulator(kind):
-    """qemu-system-arm and the firmware of a Cortex-M kind (nothing for the unix port), found
-    the way `skip2lora board start --emulate` finds them."""
+    """qemu-system-arm and the firmware of a Cortex-M kind, or the interpreter of a platforms
+    unix kind (circuitpython, micropython-ulab); nothing for the unix port. Found the way
+    `skip2lora board start --emulate` finds them."""
+    from skip2lora.board.virtual.circuitpython import INTERPRETERS, find_interpreter
     from skip2lora.board.virtual.qemu import MACHINES, find_firmware, find_qemu
     from skip2lora.errors import UserError
 
     if kind == "unix":
+        return
+    if kind in INTERPRETERS:
+        try:
+            find_interpreter(kind)
+        except UserError as e:
+            unavailable(str(e))
         return
     if kind not in MACHINES:
         raise ValueError(f"unknown interpreter kind {kind!r}")

@@ -1,6 +1,7 @@
 """Run device code on real MicroPython interpreters (never on CPython).
 
-run(script, cwd, kind="unix"|"cortex-m0plus"|"cortex-m4f", deploy="py"|"mpy", ...) runs a test
+run(script, cwd, kind="unix"|"cortex-m0plus"|"cortex-m4f"|"circuitpython"|"micropython-ulab",
+deploy="py"|"mpy", ...) runs a test
 script with the device package importable and returns a Run: unpacks as (results, stdout),
 results being the parsed `RESULT <json>` lines; run.files maps every file the script left on
 the board's filesystem (package excluded) to its bytes, and run.read_file(name) returns one.
@@ -15,6 +16,10 @@ the board's filesystem (package excluded) to its bytes, and run.read_file(name) 
   the RAM disk is dumped through the QEMU monitor and every file the script wrote or removed
   is mirrored back into `cwd`, so a test reads the board's output files from `cwd` whatever
   the kind.
+* "circuitpython" / "micropython-ulab": the unix ports of ../shared/platforms, run as "unix"
+  is (-X heapsize). KINDS and BOARD_KINDS leave them out: tests name them (PLATFORM_UNIX_KINDS,
+  ALL_KINDS). circuitpython takes deploy="py" only, and runs the script after a prelude that
+  hides time.ticks_* and adds `supervisor`, as on a board (board/virtual/circuitpython.py).
 """
 import json
 import os
@@ -27,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from skip2lora.board.virtual.circuitpython import BOARD_PRELUDE, READ_ONLY_PRELUDE, find_interpreter
 from skip2lora.board.virtual.images import RAM_DISK_ADDR, RAM_DISK_BYTES, image_files, make_image
 from skip2lora.board.virtual.qemu import MACHINES, platforms_dir
 
@@ -40,7 +46,12 @@ ESP32_HEAP = "100K"
 
 KINDS = ("unix", "cortex-m0plus", "cortex-m4f")
 BOARD_KINDS = KINDS[1:]
-ARCH = {"unix": "x64", "cortex-m0plus": "armv6m", "cortex-m4f": "armv7emsp"}  # mpy-cross -march
+# The unix ports of ../shared/platforms, run as "unix" is; tests opt in to them by name.
+PLATFORM_UNIX_KINDS = ("circuitpython", "micropython-ulab")
+UNIX_KINDS = ("unix",) + PLATFORM_UNIX_KINDS
+ALL_KINDS = KINDS + PLATFORM_UNIX_KINDS
+ARCH = {"unix": "x64", "cortex-m0plus": "armv6m", "cortex-m4f": "armv7emsp",
+        "micropython-ulab": "x64"}  # mpy-cross -march; circuitpython takes only .py
 SCRIPT_NAME = "_device_test.py"
 
 
@@ -112,21 +123,27 @@ def package_dir(kind, deploy, work, device_dir=None):
         return Path(device_dir or DEVICE)
     if deploy != "mpy":
         raise ValueError("deploy must be 'py' or 'mpy', got %r" % (deploy,))
+    if kind not in ARCH:  # CircuitPython refuses MicroPython's .mpy; its mpy-cross is not here
+        raise ValueError("kind %r takes deploy='py' only (MicroPython .mpy is refused)" % kind)
     return build_mpy(Path(work), ARCH[kind], src=device_dir)
 
 
 def run(script, cwd, heap=RP2040_HEAP, device_dir=None, timeout=240, check=True, kind="unix",
-        deploy="py", files=None):
+        deploy="py", files=None, read_only=False):
     """Run `script` on interpreter `kind` with the s2l package of `device_dir` (default
     device/) deployed as .py or .mpy. `files`: names in `cwd` to put on the board (default
-    every file of `cwd`; the unix port always sees all of them). `heap` applies to the unix
-    port; the boards have their own 192 KiB. Raises MpyError on a traceback (check=True)."""
+    every file of `cwd`; the unix ports always see all of them). `heap` applies to the unix
+    ports; the boards have their own 192 KiB. `read_only` (circuitpython only): every write
+    to the filesystem raises OSError(30), as on a board whose drive USB holds. Raises MpyError
+    on a traceback (check=True)."""
     require(kind)
+    if read_only and kind != "circuitpython":
+        raise ValueError("read_only applies to the circuitpython kind, not %r" % (kind,))
     cwd = Path(cwd)
     with tempfile.TemporaryDirectory(prefix="s2l-") as work:
         lib = package_dir(kind, deploy, Path(work) / "lib", device_dir)
-        if kind == "unix":
-            return _run_unix(script, cwd, heap, lib, timeout, check)
+        if kind in UNIX_KINDS:
+            return _run_unix(script, cwd, heap, lib, timeout, check, kind, read_only)
         return _run_qemu(script, cwd, kind, lib, files, Path(work), timeout, check)
 
 
@@ -134,14 +151,28 @@ def _parse_results(stdout):
     return [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")]
 
 
-def _run_unix(script, cwd, heap, lib, timeout, check):
+def interpreter(kind):
+    """The binary of a unix kind: the pip unix port, or one of ../shared/platforms."""
+    return micropython_binary() if kind == "unix" else str(find_interpreter(kind))
+
+
+def prelude(kind, lib, read_only=False):
+    """What runs before a test script on `kind`: on circuitpython, first what makes the unix
+    port look like a board (no time.ticks_*, a supervisor module; board/virtual/circuitpython.py)."""
+    board = ""
+    if kind == "circuitpython":
+        board = BOARD_PRELUDE + (READ_ONLY_PRELUDE if read_only else "")
+    return board + PRELUDE % str(lib)
+
+
+def _run_unix(script, cwd, heap, lib, timeout, check, kind="unix", read_only=False):
     path = cwd / SCRIPT_NAME
-    path.write_text(PRELUDE % str(lib) + script)
-    proc = subprocess.run([micropython_binary(), "-X", "heapsize=" + heap, SCRIPT_NAME],
+    path.write_text(prelude(kind, lib, read_only) + script)
+    proc = subprocess.run([interpreter(kind), "-X", "heapsize=" + heap, SCRIPT_NAME],
                           cwd=str(cwd), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise MpyError("micropython exited %d\n--- stdout\n%s\n--- stderr\n%s"
-                       % (proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
+        raise MpyError("%s exited %d\n--- stdout\n%s\n--- stderr\n%s"
+                       % (kind, proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
     files = _snapshot(cwd)
     files.pop(SCRIPT_NAME, None)
     return Run(_parse_results(proc.stdout), proc.stdout, files)
