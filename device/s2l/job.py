@@ -62,6 +62,7 @@ def _kernels_first(model, method, backend):
     ok = len(head) == 10 and head[9] == I8
     f = head = None
     if ok:
+        gc.collect()  # the imports' garbage gone: the machine code packs into one place
         try:
             kernels.get(TRAINER_BACKEND.get(backend, backend))
         except ImportError:
