@@ -74,19 +74,28 @@ def replace(tmp, path):
     removed first (a power cut between the two steps leaves tmp, which load() then uses)."""
     try:
         os.rename(tmp, path)
-    except OSError:
+    except OSError as e:
+        if e.args and e.args[0] == 30:
+            raise _cannot_write(e, path)
         remove(path)
         os.rename(tmp, path)
 
 
-def open_write(path):
+def _cannot_write(e, path):
+    """The S2LError for an OSError of a write. On CircuitPython the drive is read-only to code
+    while USB mounts it (EROFS, 30): say how to make it writable."""
+    if e.args and e.args[0] == 30:
+        return S2LError("filesystem is read-only (CircuitPython: remount it writable in "
+                        "boot.py or call storage.unsafe_disable_usb_drive())", path)
+    return S2LError("cannot write (%s)" % e, path)
+
+
+def open_write(path, mode="wb"):
+    """open() for every write of the package, so a refused write always reads the same."""
     try:
-        return open(path, "wb")
+        return open(path, mode)
     except OSError as e:
-        if e.args and e.args[0] == 30:
-            raise S2LError("filesystem is read-only (CircuitPython: remount it writable in "
-                           "boot.py or call storage.unsafe_disable_usb_drive())", path)
-        raise S2LError("cannot write (%s)" % e, path)
+        raise _cannot_write(e, path)
 
 
 def sync():

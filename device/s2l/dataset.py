@@ -136,7 +136,11 @@ class Dataset:
         self._lbl[0] = label
         crc = crc32(self._lbl, crc32(buf, self.file_crc))
         self.close()
-        f = open(path, "r+b")
+        try:
+            f = open_write(path, "r+b")
+        except S2LError:  # read-only: the dataset stays open for reading
+            self._f = open(path, "rb")
+            raise
         try:
             f.seek(self.size - 4)
             f.write(buf)

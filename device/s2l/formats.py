@@ -79,17 +79,30 @@ def check_finite(path, what, name, arr):
 _SIZES = {"b": 1, "B": 1, "h": 2, "H": 2, "i": 4, "I": 4, "f": 4}
 
 
+try:  # CircuitPython's array has `*`; MicroPython's does not
+    from array import array as _a
+    _REPEAT = len(_a("b", (0,)) * 2) == 2
+except TypeError:
+    _REPEAT = False
+
+
 def empty(typecode, n):
     """An array of n items (contents undefined), allocated once and in place: building it from
     range() lets MicroPython size it from len() without the transient copy that
-    array(tc, bytearray(nbytes)) makes (which needs twice the RAM of a 32 KB weight matrix)."""
+    array(tc, bytearray(nbytes)) makes (which needs twice the RAM of a 32 KB weight matrix).
+    CircuitPython refuses a range value that does not fit the type (OverflowError past 127 for
+    "b") where MicroPython wraps it; it has `array * n` instead, which is as direct."""
     from array import array
+    if _REPEAT:
+        return array(typecode, (0,)) * n
     return array(typecode, range(n))
 
 
 def zeros(typecode, n):
     """A zero-filled array of n items, allocated once."""
     from array import array
+    if _REPEAT:
+        return array(typecode, (0,)) * n
     nbytes = n * _SIZES[typecode]
     if nbytes <= 2048:
         return array(typecode, bytearray(nbytes))
