@@ -1,7 +1,9 @@
-# One kernel interface, backend chosen at import (or forced by name):
+# One kernel interface, backend chosen at import (or forced by name), fastest first:
 #   "viper" - kernels_viper.py, machine code, allocates nothing (MicroPython with viper)
+#   "ulab"  - kernels_ulab.py, the long loops as ulab calls, the same integers (exact in
+#             float32: docs/device.md, "ulab kernels"); CircuitPython and MicroPython builds
+#             with ulab and no viper
 #   "py"    - kernels_py.py, the same integers in plain Python (CircuitPython, anything)
-# ulab is not used by the fixed-point path: ulab has no int32 dtype and its dot returns float.
 import sys
 
 # ptr32 loads are zero-extended on a 64-bit port and signed on a 32-bit board; the viper
@@ -19,12 +21,13 @@ def chunk_shift(d):
         ps += 1
     return ps
 
+ORDER = ("viper", "ulab", "py")  # what get(None) tries
 _unavailable = [None]  # why kernels_viper failed to load (wrong-arch .mpy, out of memory)
 
 
 def available():
     out = []
-    for name in ("viper", "py"):
+    for name in ORDER:
         try:
             get(name)
             out.append(name)
@@ -41,9 +44,13 @@ def get(name=None):
         try:
             mod = get("viper")
         except ImportError:
-            mod = get("py")
+            try:
+                mod = get("ulab")
+            except ImportError:
+                mod = get("py")
             if _unavailable[0]:  # viper may exist here, but its module could not be loaded
-                print("s2l: viper kernels unavailable (%s); using pure Python" % _unavailable[0])
+                print("s2l: viper kernels unavailable (%s); using %s"
+                      % (_unavailable[0], "ulab" if mod.NAME == "ulab" else "pure Python"))
         _cache[None] = mod
         return mod
     if name == "viper":
@@ -58,9 +65,17 @@ def get(name=None):
                 _unavailable[0] = str(e) or type(e).__name__
             raise ImportError("viper kernels unavailable on this firmware: %s"
                               % (str(e) or type(e).__name__))
+    elif name == "ulab":
+        try:
+            from . import kernels_ulab as mod
+        except ImportError as e:
+            sys.modules.pop(__name__[:-7] + "kernels_ulab", None)
+            raise ImportError("backend 'ulab': this firmware has no ulab (%s); use backend "
+                              "auto, which picks the fastest it has"
+                              % (str(e) or type(e).__name__))
     elif name == "py":
         from . import kernels_py as mod
     else:
-        raise ImportError("unknown kernel backend %r (viper, py)" % (name,))
+        raise ImportError("unknown kernel backend %r (viper, ulab, py)" % (name,))
     _cache[name] = mod
     return mod
