@@ -28,6 +28,7 @@ from skip2lora.training.step_size import LR_GRID, choose_lr, parse_lr
 OPTIONS = ("method", "epochs", "lr", "batch_size", "rank", "seed", "targets", "dataset_dtype",
            "backend")
 MODEL_MISSING = "flash a model first: skip2lora flash MODEL.s2lm"
+FIXED_BACKENDS = ("viper", "ulab", "python")  # the board's fixed-point kernels (int8 models)
 EPOCH_SILENCE_S = 3600  # longest an epoch may run without a line before the board counts as lost
 
 
@@ -108,7 +109,7 @@ def check_options(args):
             raise UserError(f"--targets applies to {' and '.join(SKIP_METHODS)}; {args.method} "
                             f"trains {trains}, so leave it out")
         board_targets(args.targets)
-    if args.backend in ("viper", "python") and args.method not in SKIP_METHODS:
+    if args.backend in FIXED_BACKENDS and args.method not in SKIP_METHODS:
         raise UserError(f"--backend {args.backend}: {args.method} runs in float on the board; "
                         f"use --backend float or auto")
 
@@ -123,7 +124,7 @@ def check_against_model(args, model, model_name):
                             f"inputs; use --targets all")
         if isinstance(layers, list) and layers[-1] >= n_layers:
             raise UserError(f"--targets {args.targets}: {model_name} has layers 0..{n_layers - 1}")
-    if args.backend in ("viper", "python") and model.dtype != DTYPE_I8:
+    if args.backend in FIXED_BACKENDS and model.dtype != DTYPE_I8:
         raise UserError(f"--backend {args.backend} is the fixed-point path, which needs an int8 "
                         f"model and {model_name} has float weights; compile it with --dtype int8, "
                         f"or use --backend float or auto")
