@@ -2,7 +2,8 @@
 
 `--emulate unix` (the default) is the MicroPython unix port behind a pty with its flash in an
 image file; `cortex-m0plus` and `cortex-m4f` run real Cortex-M firmware under QEMU with a RAM
-disk saved to the image on stop. See skip2lora.board.virtual and docs/virtual-board.md. While a
+disk saved to the image on stop; `circuitpython` runs the CircuitPython unix port as a board
+(no viper, no time.ticks_*, a FAT drive in the image). See skip2lora.board.virtual and docs/virtual-board.md. While a
 board runs, its port is the default PORT of every command that talks to a board.
 """
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from skip2lora.board import virtual
 from skip2lora.board.virtual import base
 from skip2lora.board.virtual.images import BLOCK_SIZE, image_usage
+from skip2lora.board.virtual.qemu import MACHINES as QEMU_KINDS
 from skip2lora.board.virtual.unix import DEFAULT_FLASH, DEFAULT_HEAP
 from skip2lora.errors import UserError
 
@@ -18,8 +20,8 @@ from skip2lora.errors import UserError
 def register(subparsers):
     parser = subparsers.add_parser(
         "board", help="start, stop or inspect the virtual board",
-        description="Run a virtual board behind a pty: the MicroPython unix port, or Cortex-M "
-                    "firmware under QEMU. `mpremote connect PORT` opens it as it opens "
+        description="Run a virtual board behind a pty: the MicroPython unix port, Cortex-M "
+                    "firmware under QEMU, or the CircuitPython unix port. `mpremote connect PORT` opens it as it opens "
                     "/dev/ttyACM0, and every skip2lora command that talks to a board uses it "
                     "when no --port is given. State, log and the default image live in "
                     f"$SKIP2LORA_RUN_DIR (default {_home(base.default_run_dir())}).")
@@ -30,16 +32,18 @@ def register(subparsers):
     start.add_argument("--emulate", default="unix", choices=virtual.KINDS, metavar="KIND",
                        help="unix (default: the MicroPython unix port, quick), cortex-m0plus or "
                             "cortex-m4f (real firmware under qemu-system-arm: 32-bit ints, "
-                            "single floats, a 192K heap)")
+                            "single floats, a 192K heap) or circuitpython (the CircuitPython "
+                            "unix port as a board: no viper, .py deployed, a FAT drive)")
     start.add_argument("--image", metavar="FILE",
                        help="flash image, or for a Cortex-M kind its RAM-disk image (created "
-                            "blank and formatted as LittleFS on first boot; default: "
-                            "flash.img, or KIND.img, in the run dir)")
+                            "blank and formatted as LittleFS, FAT for circuitpython, on first "
+                            "boot; default: flash.img, KIND.img, or circuitpy.img, in the run "
+                            "dir)")
     start.add_argument("--heap", default=None,
-                       help=f"unix kind: MicroPython heap size (default: "
+                       help=f"unix and circuitpython kinds: heap size (default: "
                             f"{base.format_size(DEFAULT_HEAP)}, about an rp2040's)")
     start.add_argument("--flash", default=None,
-                       help=f"unix kind: size of a new image (default: "
+                       help=f"unix and circuitpython kinds: size of a new image (default: "
                             f"{base.format_size(DEFAULT_FLASH)}; an existing image keeps its "
                             "size)")
     actions.add_parser("stop", help="stop the virtual board (the image stays)")
@@ -122,13 +126,15 @@ def _status():
 def _kind(state):
     if state["kind"] == "unix":
         return "unix (the MicroPython unix port)"
+    if state["kind"] == "circuitpython":
+        return "circuitpython (the CircuitPython unix port as a board, a FAT drive)"
     return (f"{state['kind']} (firmware {state.get('firmware', '?')} under QEMU; the RAM disk "
             "is saved to the image on stop)")
 
 
 def _usage(image, kind):
     used, total = image_usage(image, kind)
-    note = " as of the last stop" if kind != "unix" else ""
+    note = " as of the last stop" if kind in QEMU_KINDS else ""
     if used is None:
         return f"{base.format_size(total)}, not formatted yet{note}"
     return (f"{used // 1024} KiB used of {total // 1024} KiB "

@@ -24,7 +24,7 @@ from skip2lora.errors import UserError
 KiB = 1024
 MiB = 1024 * KiB
 
-KINDS = ("unix", "cortex-m0plus", "cortex-m4f")
+KINDS = ("unix", "cortex-m0plus", "cortex-m4f", "circuitpython")
 STATE_FILE = "state.json"
 LINK_NAME = "tty"
 LOG_FILE = "vboard.log"

@@ -87,7 +87,11 @@ def open_image(image, kind="unix"):
 
     Use it to look at what the board wrote: `open_image(p).open("x.txt", "rb").read()`.
     Raises UserError if the image holds no LittleFS (e.g. blank: the board never booted).
+    A circuitpython board's image is FAT: read by the interpreter (circuitpython.FatImage).
     """
+    if kind == "circuitpython":
+        from skip2lora.board.virtual.circuitpython import open_fat_image
+        return open_fat_image(image)
     geo = geometry(kind)
     image = Path(image)
     data = bytearray(image.read_bytes())
@@ -109,6 +113,10 @@ def open_image(image, kind="unix"):
 def image_usage(image, kind="unix"):
     """(used_bytes, total_bytes) of the LittleFS on the image, or (None, size) if unformatted."""
     size = Path(image).stat().st_size
+    if kind == "circuitpython":
+        from skip2lora.board.virtual.circuitpython import read_image
+        read = read_image(image)
+        return (None, size) if read is None else (read[2], read[3])
     try:
         fs = open_image(image, kind)
     except UserError:

@@ -38,6 +38,7 @@ HARD_RESET_EXIT = 211  # exit status of the interpreter for machine.reset()
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 FRIENDLY_BANNER = b'Type "help()" for more information.'
+PROMPT = b">>> "
 MARK_MOUNTED = b"\x00vboard:mounted\x00"
 MARK_READY = b"\x00vboard:ready\x00"
 CTRL_A, CTRL_C = b"\x01", b"\x03"
@@ -158,6 +159,11 @@ def _sigint_caught(pid):
 class Supervisor:
     """Owns the port pty and the interpreter; relays bytes and emulates resets and Ctrl-C."""
 
+    kind = "unix"  # in state.json; circuitpython_supervisor.py subclasses for its kind
+    # Ctrl-A for the raw REPL after a soft reset goes once the interpreter has printed its
+    # prompt (the CircuitPython port drops input typed before its REPL starts), else at once.
+    raw_after_prompt = False
+
     def __init__(self, run_dir, image, heap, micropython, trace=False):
         self.run_dir = Path(run_dir).resolve()
         self.image = Path(image).resolve()
@@ -198,7 +204,7 @@ class Supervisor:
         tty.setraw(slave)  # a cooked pty would turn the interpreter's \r\n into \r\r\n
         # -i before -c: what follows -c's argument goes to sys.argv, not to the interpreter.
         argv = [self.micropython, "-X", f"heapsize={self.heap}", "-i",
-                "-c", boot_script(self.image, self.flash // BLOCK_SIZE, run_main)]
+                "-c", self.boot_code(run_main)]
         home = self.run_dir / "home"  # the REPL history file lands here, not in the user's ~
         home.mkdir(exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MICROPY")}
@@ -219,6 +225,10 @@ class Supervisor:
         (self.run_dir / CHILD_PID_FILE).write_text(str(self.child.pid))
         self.log(f"interpreter {self.child.pid} started ({'raw REPL' if raw else 'friendly REPL'}"
                  f"{', main.py' if run_main else ''})")
+
+    def boot_code(self, run_main):
+        """What the interpreter runs first: mount the image, then boot.py (and main.py)."""
+        return boot_script(self.image, self.flash // BLOCK_SIZE, run_main)
 
     def child_gone(self):
         """The interpreter exited: read its status and schedule the reboot a board would do."""
@@ -335,10 +345,18 @@ class Supervisor:
                 self.became_ready()
                 if self.restart_raw:
                     self.phase = "enter-raw"  # hide the friendly banner, ask for the raw REPL
-                    os.write(self.child_fd, CTRL_A)
+                    self.asked_raw = not self.raw_after_prompt
+                    if self.asked_raw:
+                        os.write(self.child_fd, CTRL_A)
                 else:
                     self.phase = "running"
             elif self.phase == "enter-raw":
+                if not self.asked_raw:
+                    before, found = self._take_until(PROMPT)
+                    if not found:
+                        break
+                    os.write(self.child_fd, CTRL_A)
+                    self.asked_raw = True
                 at = self.pending.find(RAW_BANNER)
                 if at < 0:
                     self.pending = self.pending[-len(RAW_BANNER):]
@@ -351,7 +369,7 @@ class Supervisor:
             return
         self.ready = True
         write_state(self.run_dir, {
-            "pid": os.getpid(), "kind": "unix", "port": str(self.run_dir / LINK_NAME),
+            "pid": os.getpid(), "kind": self.kind, "port": str(self.run_dir / LINK_NAME),
             "pts": self.pts, "image": str(self.image), "heap": self.heap, "flash": self.flash,
             "run_dir": str(self.run_dir), "started": time.time()})
         self.log(f"ready on {self.run_dir / LINK_NAME} -> {self.pts}")
