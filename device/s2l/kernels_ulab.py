@@ -43,18 +43,26 @@ def dense_q16(W, X, d_in, j0, nr, M, N, BETA, OUT, sx):
     # chunks of 256: each sum |.| <= 128 * 128 * 256 = 2**22
     w = np.frombuffer(W, dtype=np.int8, count=nr * d_in).reshape((nr, d_in))
     x = np.frombuffer(X, dtype=np.int8, count=d_in)
+    # the sums read back as lists: indexing a ulab array allocates a 224-byte view per
+    # element, tolist() only the list (and on a unix build the boxed floats)
+    s1 = parts = None
     if d_in <= 256:
-        s0, parts = np.dot(w, x), None
+        s0 = np.dot(w, x).tolist()
+    elif d_in <= 512:
+        s0, s1 = np.dot(w[:, :256], x[:256]).tolist(), np.dot(w[:, 256:], x[256:]).tolist()
     else:
-        s0, parts = None, [np.dot(w[:, k:k + 256], x[k:k + 256]) for k in range(0, d_in, 256)]
+        s0, parts = None, [np.dot(w[:, k:k + 256], x[k:k + 256]).tolist()
+                           for k in range(0, d_in, 256)]
     i = 0
     for j in range(j0, j0 + nr):
-        if parts is None:
-            acc = int(s0[i])
-        else:
+        if parts is not None:
             acc = 0
             for s in parts:
                 acc += int(s[i])
+        elif s1 is None:
+            acc = int(s0[i])
+        else:
+            acc = int(s0[i]) + int(s1[i])
         i += 1
         m = M[j]
         n = N[j]
