@@ -9,9 +9,10 @@ import gc
 # fine-tuned on an 84 KB heap and failed on an 88 KB one. Collected module by module, the code
 # packs low and the free heap stays one run, so the heap a job needs grows with the heap's
 # contents only (tools/budget_truth.py measures it, host/skip2lora/board/budget.py predicts
-# it). int8forward (predict), guard (a diverged run) and the kernels load when first used.
+# it). int8forward (predict), floatpath (a float model), guard (a diverged run) and the
+# kernels load when first used.
 for _name in ("config", "compat", "formats", "qmath", "rng", "kernels", "model", "dataset",
-              "cache", "fixedpath", "floatpath", "train"):
+              "cache", "fixedpath", "train"):
     __import__(__name__ + "." + _name)
     gc.collect()
 

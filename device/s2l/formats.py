@@ -3,6 +3,8 @@
 # Streaming: a file is never read whole; the header is checked (magic, version, CRC) before
 # any dim in it is trusted, and dims are checked against the limits before any allocation.
 import struct
+from array import array  # at the top: an import inside a function searches the filesystem on
+# every call (about 1.5 KB of garbage on a board, fragmenting the heap between weight blocks)
 
 from .config import METHODS, KIND_SKIP, KIND_PARALLEL, KIND_DELTA  # the host's (config.py)
 from .compat import S2LError, file_size, open_write, replace, sync, remove
@@ -27,7 +29,6 @@ def crc32_table(buf, crc=0):
     """Table-driven CRC32 (IEEE, as zlib): the fallback where binascii.crc32 is missing."""
     global _TABLE
     if _TABLE is None:
-        from array import array
         t = array("I", bytearray(1024))
         for i in range(256):
             c = i
@@ -76,12 +77,8 @@ def check_finite(path, what, name, arr):
             fail(path, what, "%s holds NaN or Inf" % name)
 
 
-_SIZES = {"b": 1, "B": 1, "h": 2, "H": 2, "i": 4, "I": 4, "f": 4}
-
-
 try:  # CircuitPython's array has `*`; MicroPython's does not
-    from array import array as _a
-    _REPEAT = len(_a("b", (0,)) * 2) == 2
+    _REPEAT = len(array("b", (0,)) * 2) == 2
 except TypeError:
     _REPEAT = False
 
@@ -92,21 +89,18 @@ def empty(typecode, n):
     array(tc, bytearray(nbytes)) makes (which needs twice the RAM of a 32 KB weight matrix).
     CircuitPython refuses a range value that does not fit the type (OverflowError past 127 for
     "b") where MicroPython wraps it; it has `array * n` instead, which is as direct."""
-    from array import array
     if _REPEAT:
         return array(typecode, (0,)) * n
     return array(typecode, range(n))
 
 
 def zeros(typecode, n):
-    """A zero-filled array of n items, allocated once."""
-    from array import array
+    """A zero-filled array of n items, allocated once, with no transient (array(tc,
+    bytearray(nbytes)) left a garbage run as long as the array beside it: holes a later
+    array of that size could not always use)."""
     if _REPEAT:
         return array(typecode, (0,)) * n
-    nbytes = n * _SIZES[typecode]
-    if nbytes <= 2048:
-        return array(typecode, bytearray(nbytes))
-    a = array(typecode, range(n))
+    a = empty(typecode, n)
     for i in range(n):
         a[i] = 0
     return a
@@ -232,7 +226,6 @@ def read_adapters(path):
     """Returns a dict: model_crc, rank, n_classes, alpha, epochs_done, method, file_crc, and
     adapters = [(layer, kind, A rows [array('f')], a_rows, a_cols, B array('f'), b_rows,
     b_cols)]."""
-    from array import array
     what = "adapter"
     f, head, size, file_crc = open_checked(path, ADAPTER_MAGIC)
     try:

@@ -1,6 +1,9 @@
 # Pure-Python twins of kernels_viper.py: the same integers, for firmware without viper
 # (CircuitPython) and as the readable statement of what each kernel computes. Buffers are
 # typed arrays ('b' int8, 'h' int16, 'i' int32) so indexing gives signed values.
+from struct import pack_into, unpack_from  # here, not in the kernels: an import inside a
+# function searches the filesystem on every call (garbage in the training loop on a board)
+
 NAME = "py"
 LIM = 0x3FFFFFFF
 
@@ -123,7 +126,6 @@ def upd_a(A32, A16, X, e, d, sh, refresh, sx):
 
 
 def to_f32(SRC, n, R, sh, OUT, sx):
-    from struct import pack_into
     rh, rl = R >> 15, R & 0x7FFF
     for i in range(n):
         v = SRC[i]
@@ -149,7 +151,6 @@ def to_f32(SRC, n, R, sh, OUT, sx):
 
 
 def absmax_f32(SRC, d):
-    from struct import unpack_from
     best = 0
     for k in range(d):
         v = unpack_from("<I", SRC, 4 * k)[0] & 0x7FFFFFFF
@@ -159,7 +160,6 @@ def absmax_f32(SRC, d):
 
 
 def quant_f32(SRC, d, M, n, OUT):
-    from struct import unpack_from
     for k in range(d):
         v = unpack_from("<I", SRC, 4 * k)[0]
         ex = (v >> 23) & 0xFF
