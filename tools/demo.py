@@ -4,7 +4,7 @@ Pre-train in a quiet room, compile, start a virtual board, flash, fine-tune ON T
 the noisy room's data, pull the adapters back, export to ONNX and score before and after on the
 noisy room's held-out recording. With PORT=/dev/ttyACM0 the same steps drive a real board;
 with EMULATE=cortex-m0plus (or cortex-m4f) the virtual board is Cortex-M firmware under QEMU,
-and the files go to out/demo-<kind>/.
+with EMULATE=circuitpython the CircuitPython unix port, and the files go to out/demo-<kind>/.
 """
 import json
 import os
@@ -26,7 +26,8 @@ EMULATE = os.environ.get("EMULATE", "") or "unix"
 OUT = ROOT / "out" / ("demo" if EMULATE == "unix" else f"demo-{EMULATE}")
 BOARD = {"unix": "the MicroPython unix port, 192 KB heap like an RP2040, 2 MB LittleFS flash",
          "cortex-m0plus": "MicroPython firmware for a Cortex-M0+ under QEMU, 192 KiB heap",
-         "cortex-m4f": "MicroPython firmware for a Cortex-M4F under QEMU, 192 KiB heap"}
+         "cortex-m4f": "MicroPython firmware for a Cortex-M4F under QEMU, 192 KiB heap",
+         "circuitpython": "the CircuitPython unix port as a board, 192 KB heap, 2 MB FAT drive"}
 SKIP2LORA = str(Path(sys.executable).with_name("skip2lora"))
 
 
@@ -71,7 +72,7 @@ def main():
     if not PORT:  # a board of the demo's own, so a board the user started is left alone
         os.environ["SKIP2LORA_RUN_DIR"] = str(OUT / "vboard")
         sh("board", "start", "--emulate", EMULATE,
-           *(["--heap", "192K", "--flash", "2M"] if EMULATE == "unix" else []))
+           *(["--heap", "192K", "--flash", "2M"] if EMULATE in ("unix", "circuitpython") else []))
     try:
         sh("flash", model, *port_args())
 

@@ -10,7 +10,7 @@ viper on MicroPython byte for byte. Fixtures are small: pure Python on CircuitPy
 import numpy as np
 import pytest
 
-from mpyrun import FIXTURES, run
+from mpyrun import DEVICE, FIXTURES, run
 from skip2lora.model import formats as F
 from test_device_kinds import make_dataset
 from test_device_predict import host_logits
@@ -203,3 +203,65 @@ def test_mpy_is_refused_on_circuitpython(tmp_path):
     """CircuitPython refuses MicroPython's .mpy: the runner deploys only .py there."""
     with pytest.raises(ValueError, match="deploy='py' only"):
         run("", tmp_path, kind=CP, deploy="mpy")
+
+
+# ------------------------------------------------------------------ the README's recipe
+
+RECIPE = DEVICE / "circuitpython"
+
+
+def test_recipe_boot_py_remounts_the_drive_writable(tmp_path):
+    """device/circuitpython/boot.py, run as CircuitPython runs it at power-on, with `storage`
+    stubbed as on a board: one remount of "/" writable to code."""
+    res, _ = run(r"""
+calls = []
+class storage:
+    def remount(*a, **kw):
+        calls.append([list(a), kw])
+sys.modules["storage"] = storage
+exec(open(%r).read(), {})
+RESULT(calls=calls)
+""" % str(RECIPE / "boot.py"), tmp_path, kind=CP)
+    assert res == [{"calls": [[["/"], {"readonly": False}]]}]
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_recipe_code_py_says_the_kernels_and_the_drive(tmp_path, read_only):
+    """device/circuitpython/code.py on the CircuitPython interpreter (which has ulab, no
+    viper): it names ulab, and says whether the drive is writable."""
+    _, out = run("exec(open(%r).read(), {})\n" % str(RECIPE / "code.py"), tmp_path, kind=CP,
+                 read_only=read_only)
+    lines = out.splitlines()
+    assert lines[0].startswith("s2l 0.1.0 on "), out
+    assert lines[1] == "kernels: ulab (available: ulab, py)", out
+    assert lines[2] == ("filesystem: read-only to code; copy boot.py to the board and reset it"
+                        if read_only else "filesystem: writable"), out
+
+
+def test_readme_recipe_copies_a_package_that_boots_and_picks_ulab(tmp_path):
+    """The README's "On a CircuitPython board" commands, run with a folder for the CIRCUITPY
+    drive; then the drive boots as a board does (boot.py with a stub `storage`, code.py) on the
+    CircuitPython interpreter with the drive's /lib on the path."""
+    import re
+    import subprocess
+
+    readme = (DEVICE.parent / "README.md").read_text()
+    section = readme[readme.index("## On a CircuitPython board"):]
+    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.splitlines()]
+    commands = [c for c in commands if c]
+    assert [c.split()[0] for c in commands] == ["cp", "cp", "cp"], block
+    drive = tmp_path / "CIRCUITPY"
+    (drive / "lib").mkdir(parents=True)
+    for c in commands:
+        subprocess.run(c.replace("/media/$USER/CIRCUITPY", str(drive)), shell=True, check=True,
+                       cwd=DEVICE.parent)
+    assert sorted(p.name for p in drive.iterdir()) == ["boot.py", "code.py", "lib"]
+    assert (drive / "lib" / "s2l" / "train.py").is_file()
+    _, out = run("class storage:\n    def remount(*a, **kw):\n        print('remount', a, kw)\n"
+                 "sys.modules['storage'] = storage\n"
+                 "exec(open('boot.py').read(), {})\nexec(open('code.py').read(), {})\n",
+                 drive, kind=CP, device_dir=drive / "lib")
+    lines = out.splitlines()
+    assert lines[0] == "remount ('/',) {'readonly': False}", out
+    assert lines[2:] == ["kernels: ulab (available: ulab, py)", "filesystem: writable"], out
