@@ -43,7 +43,7 @@ def render(figures, pngs=PNG_NAMES):
     one function per section."""
     sections = (_intro(figures), _where(figures), _headline(figures), _targets(figures),
                 _times(figures), _accuracy(figures), _heap_flash(figures), _kernels(figures),
-                _bound(figures), _plots(pngs), _real_board(figures), _board_notes(figures),
+                _ulab(figures), _bound(figures), _plots(pngs), _real_board(figures), _board_notes(figures),
                 _closing(figures))
     return "\n".join(line for section in sections for line in section)
 
@@ -343,11 +343,71 @@ def _kernels(F):
           + f" | {'–' if sp is None else f'{sp:,.0f}x'} |")
     if F["kernels_missing"]:
         w(f"\nNot on this firmware: {', '.join(F['kernels_missing'])}"
-          + (" (ulab: not in the unix port; on a ulab build its dot() would run in float32, "
-             "ulab has no int32 to hold the fixed-point path)" if "ulab" in F["kernels_missing"]
-             else "") + ".")
+          + (" (ulab: not in the unix port the bench runs on; the ulab backend is timed on "
+             "the interpreters that have it, \"ulab backend\" below)"
+             if "ulab" in F["kernels_missing"] else "") + ".")
     w("")
     return L
+
+
+def _ulab(F):
+    """The ulab backend against pure Python on the interpreters with ulab (bench/ulab.py)."""
+    U = F.get("ulab")
+    if not U:
+        return []
+    from skip2lora.bench.ulab import later_ms, pairs
+    L = []
+    w = L.append
+    w("## ulab backend: epoch time against pure Python\n")
+    src = U.get("source") or {}
+    w(f"Measured by `python -m skip2lora.bench.ulab` (host/skip2lora/bench/ulab.py) on commit "
+      f"{(src.get('commit') or '?')[:12]}{' with local changes' if src.get('changed') else ''}"
+      f", apart from the board runs above: the fixed-point path (Skip2-LoRA, r = 4 on every "
+      f"layer input, lr 2^{round(math.log2(U['lr']))}, batch 1, {U['epochs']} epochs, "
+      f"{U['heap']} heap) with `py` and `ulab` kernels, run directly on the two unix "
+      f"interpreters of ../shared/platforms that have ulab: `circuitpython` (CircuitPython 10.3, "
+      f"ulab 6.5.3, no viper: the backend `auto` picks there) and `micropython-ulab` "
+      f"(MicroPython with ulab 6.12). Times are this machine's clock through the interpreter "
+      f"(`ticks_us` around `Trainer.epoch()`), on a machine shared with other work; later "
+      f"epochs are the median of epochs 2..{U['epochs']}. Epoch 1 builds the Skip-Cache "
+      f"(calibration passes and every sample through the frozen layers). *Same bytes* compares "
+      f"the adapters, their `.state` and the cache with the `py` run's.\n")
+    w("| model | interpreter | epoch 1 py | epoch 1 ulab | ulab / py | later epoch py "
+      "| later epoch ulab | ulab / py | train acc | same bytes |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    for py, ul in pairs(U):
+        e1p, e1u = py["epoch_us"][0] / 1000, ul["epoch_us"][0] / 1000
+        lp, lu = later_ms(py), later_ms(ul)
+        dims = "-".join(map(str, py["dims"]))
+        w(f"| {py['model']} {dims}, {py['samples']} samples | {py['interpreter']} | "
+          f"{_ms(e1p)} | {_ms(e1u)} | {e1u / e1p:.2f} | {_ms(lp)} | {_ms(lu)} | "
+          f"{lu / lp:.2f} | {_pct(ul['train_acc'])} | "
+          f"{'yes' if ul['identical_to_py'] else '**no**'} |")
+    if U.get("missing"):
+        w("\nNot measured: " + "; ".join(U["missing"]) + ".")
+    ratios = [r for py, ul in pairs(U) if py["interpreter"] == "circuitpython"
+              for r in (ul["epoch_us"][0] / py["epoch_us"][0], later_ms(ul) / later_ms(py))]
+    w("\nulab runs the frozen layers' int8 dot products and the adapters' long int16 x int8 "
+      "dots; the master updates (`upd_a`) and the C x r kernels stay Python (docs/device.md, "
+      "\"ulab kernels\", says why and proves the integers exact in float32). The issue's "
+      "target, a ulab epoch at most a tenth of the Python one on the circuitpython "
+      "interpreter, is " + ("met." if ratios and max(ratios) <= 0.1 else
+                            f"not met: the best ratio there is {min(ratios):.2f}, the worst "
+                            f"{max(ratios):.2f}." if ratios else "not measured."))
+    w("")
+    return L
+
+
+def ulab_lines(F):
+    """One line per model and interpreter: the ulab / py epoch-time ratios."""
+    U = F.get("ulab")
+    if not U:
+        return []
+    from skip2lora.bench.ulab import later_ms, pairs
+    return [f"ulab / py on {py['interpreter']}, {py['model']}: epoch 1 "
+            f"{ul['epoch_us'][0] / py['epoch_us'][0]:.2f}, later epochs "
+            f"{later_ms(ul) / later_ms(py):.2f}"
+            + ("" if ul["identical_to_py"] else " (bytes differ)") for py, ul in pairs(U)]
 
 
 def _bound(F):
