@@ -360,7 +360,8 @@ def _ulab(F):
     w = L.append
     w("## ulab backend: epoch time against pure Python\n")
     src = U.get("source") or {}
-    w(f"Measured by `python -m skip2lora.bench.ulab` (host/skip2lora/bench/ulab.py) on commit "
+    w(f"Measured by host/skip2lora/bench/ulab.py (part of `skip2lora bench`, or alone with "
+      f"`python -m skip2lora.bench.ulab`) on commit "
       f"{(src.get('commit') or '?')[:12]}{' with local changes' if src.get('changed') else ''}"
       f", apart from the board runs above: the fixed-point path (Skip2-LoRA, r = 4 on every "
       f"layer input, lr 2^{round(math.log2(U['lr']))}, batch 1, {U['epochs']} epochs, "

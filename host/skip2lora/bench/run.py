@@ -100,6 +100,7 @@ class BenchConfig:
     quick: bool = False
     heap: str = "192K"
     flash: str = "2M"
+    ulab: bool = False  # also time py against ulab kernels on the ulab interpreters (ulab.py)
 
     def runs(self, scenario_index):
         table = self.epochs if scenario_index == 0 or self.epochs_other is None \
@@ -111,7 +112,7 @@ FULL = BenchConfig(
     epochs={"skip2lora": 50, "skip2lora-hidden": 50, "skip-lora": 50, "skip2lora-float": 20,
             "skip2lora-py": 5, "lora-all": 20, "ft-last": 5},
     epochs_other={"skip2lora": 50, "skip2lora-hidden": 50, "skip-lora": 50,
-                  "skip2lora-float": 5, "lora-all": 5, "ft-last": 5})
+                  "skip2lora-float": 5, "lora-all": 5, "ft-last": 5}, ulab=True)
 QUICK = BenchConfig(
     scenarios=(PRIMARY,), n_samples=120, kernel_min_us=4000, reference=False, quick=True,
     epochs={"skip2lora": 20, "skip2lora-hidden": 20, "skip-lora": 5, "skip2lora-float": 2,
@@ -574,6 +575,10 @@ def run(config, scenarios, port=None, workdir="out/bench", log=print):
     figures["budgets"] = board_budgets(primary["dims"], config.rank, primary["n_finetune"])
     figures["source"] = source
     figures["projection_rp2040"] = project_rp2040(figures)
+    if config.ulab:
+        from skip2lora.bench import ulab
+        sc = scenarios[0]
+        figures["ulab"] = ulab.measure(ulab.models(sc.model_path, sc.finetune), log=log)
     figures["elapsed_s"] = time.time() - started
     return figures
 

@@ -6,7 +6,8 @@ MicroPython with ulab 6.12), for the committed fixture model and for the benchma
 
 Why a runner of its own: the main bench times one board over a serial link, and these are two
 unix interpreters run directly on this machine (their clock is this machine's, under whatever
-else runs on it). `skip2lora bench` calls measure() for its report; on its own,
+else runs on it). `skip2lora bench` (its full configuration) calls measure() for its report;
+on its own,
 
     python -m skip2lora.bench.ulab --json docs/BENCHMARKS.json --report docs/BENCHMARKS.md
 
@@ -29,7 +30,7 @@ DEVICE = ROOT / "device"
 FIXTURES = ROOT / "tests" / "fixtures"
 BACKENDS = ("py", "ulab")
 EPOCHS = 5
-REPEATS = 2  # runs per backend; each epoch's time is the least of them (a shared machine)
+REPEATS = 3  # runs per backend; each epoch's time is the least of them (a shared machine)
 LR = 2 ** -5  # docs/BOARD_KINDS.md's lr
 HEAP = "192K"
 # Per model: the Trainer's arguments beside backend (targets and batch as the other reports)
