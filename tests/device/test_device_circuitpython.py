@@ -199,6 +199,22 @@ RESULT(n=len(d), label=d.read(35))
     assert not (boarddir / "n.s2ld").exists()
 
 
+def test_finetune_job_on_a_read_only_drive_is_one_line(boarddir):
+    """The board side of `skip2lora finetune` (s2l.job) on a read-only drive: the Skip-Cache
+    is its first write, and the job ends with the one-line read-only S2LError, no adapters."""
+    res, _ = run(r"""
+from s2l import job, S2LError
+try:
+    job.finetune('model-int8.s2lm', 'd.s2ld', 'a.s2la', cache='c.s2lc', epochs=1, rank=2)
+    RESULT(err=None)
+except S2LError as e:
+    RESULT(err=str(e))
+""", boarddir, kind=CP, read_only=True)
+    assert res == [{"err": "c.s2lc.tmp: " + READ_ONLY}]
+    assert sorted(p.name for p in boarddir.iterdir() if p.suffix != ".py") == [
+        "d.s2ld", "model-int8.s2lm"]
+
+
 def test_mpy_is_refused_on_circuitpython(tmp_path):
     """CircuitPython refuses MicroPython's .mpy: the runner deploys only .py there."""
     with pytest.raises(ValueError, match="deploy='py' only"):
