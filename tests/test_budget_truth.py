@@ -1,6 +1,5 @@
 """The RAM budget against the need measured on the virtual boards (issue 12: "predicted RAM is
-within 10 % of the measured peak, and never below it, on every virtual board kind"; never
-below holds; the 10 % does not everywhere: TOLERANCE).
+within 10 % of the measured peak, and never below it, on every virtual board kind").
 
 tools/budget_truth.py measures the smallest GC heap on which the default fine-tuning job
 completes, over a grid of models, and commits docs/BUDGET.json; the fast test holds the current
@@ -22,13 +21,15 @@ from mpyrun import require  # noqa: E402
 
 DATA = json.loads((ROOT / "docs" / "BUDGET.json").read_text())
 HEAP_192K = 192064  # the Cortex-M firmware's GC total, as the runs report it
-# The issue's target is predicted <= 1.10 x measured. The estimate (arrays counted block by
-# block, plus code and fragmentation terms fitted by tools/budget_truth.py --fit) meets it for
-# most rows, not all (docs/BUDGET.md, docs/compiler.md): the heap lost to fragmentation is not
-# linear in anything the budget sees, and the fit also keeps the verdict on the 192 KiB
-# firmware heap right for every model (ran: inside it; did not: above it). These are the
-# bounds that hold; never below the need is exact.
-TOLERANCE = {"unix": 1.13, "cortex-m0plus": 1.21, "cortex-m4f": 1.21}
+# The issue's target: predicted <= 1.10 x measured. It holds on the Cortex-M kinds and for the
+# int8 models on the unix port; the unix port's float path (boxed floats: its garbage scatters
+# the weight blocks, docs/compiler.md) is held to the 1.16 its fit reaches.
+TOLERANCE = 1.10
+TOLERANCE_UNIX_FLOAT = 1.16
+
+
+def tolerance(kind, dtype):
+    return TOLERANCE_UNIX_FLOAT if (kind, dtype) == ("unix", "f32") else TOLERANCE
 
 
 def rows(kind):
@@ -65,7 +66,7 @@ def test_estimate_never_below_and_close_above_the_measured_need(kind):
         pred = T.predicted(kind, r, DATA["samples"])
         name = f"{'-'.join(map(str, r['dims']))} {r['dtype']} r{r['rank']} {r['targets']}"
         if r["fits"]:
-            if not r["needed"] <= pred <= TOLERANCE[kind] * r["needed"]:
+            if not r["needed"] <= pred <= tolerance(kind, r["dtype"]) * r["needed"]:
                 bad.append(f"{name}: needed {r['needed']}, predicted {pred}")
         elif not pred > r["total"]:  # did not complete on the whole heap: must be refused
             bad.append(f"{name}: fails on {r['total']} bytes, predicted {pred}")

@@ -272,47 +272,44 @@ def measure(kind, config, samples=SAMPLES, epochs=EPOCHS, device=None):
 
 
 def parts(kind, config, samples=SAMPLES):
-    """(weight arrays, adapter and gradient arrays, other arrays, adapter rows, bytes in long
-    allocations, arch, path):
-    the estimate without its measured constants."""
+    """(weight arrays, every other array, arch, path): the estimate without its measured
+    constants."""
     board = BOARDS[KIND_BOARDS[kind]]
     dims = config["dims"]
     mask = parse_targets(config["targets"], len(dims) - 1)
     est = budget.estimate(dims, board, config["dtype"], config["rank"], mask, samples,
                           batch_size=config["batch"])
-    rows = config["rank"] * bin(mask).count("1")
-    return (est.weights_ram, est.adapters + est.gradients, est.activations + est.io_buffers,
-            rows, est.long_runs, board.mpy_arch, est.path)
+    other = est.activations + est.io_buffers + est.adapters + est.gradients
+    return est.weights_ram, other, board.mpy_arch, est.path
 
 
 def fit(data, low=1.02):
-    """CODE_BYTES and FRAGMENTATION per (arch, path) for budget.py from the measured rows, by a linear programme: predicted = code + (1 + fw) * weights
-    + (1 + fa) * adapters + other + per_row * adapter rows + fl * bytes in long allocations,
-    with every predicted >= low x needed (room for the package to grow a little before the
-    next measurement), every model that completed on the Cortex-M firmware's heap predicted
+    """CODE_BYTES and FRAGMENTATION per (arch, path) for budget.py from the measured rows, by a
+    linear programme: predicted = code + (1 + share) * weights + other arrays, with every
+    predicted >= low x needed (room for the package to grow a little before the next
+    measurement), every model that completed on the Cortex-M firmware's heap predicted
     HEAP_MARGIN inside it (else compile would refuse, for an RP2040, a model the board runs),
-    every model that did not complete there predicted above it, and the largest ratio predicted / needed as small as it can be. The 32-bit arches share
-    fw, fa, per_row and fl; each has its own code. Returns {key: (code, (fw, fa, per_row, fl),
-    worst ratio, rows)}."""
+    every model that did not complete there predicted above it, and the largest ratio
+    predicted / needed as small as it can be. The 32-bit arches share the share; each has its
+    own code; code and share are >= 0. Returns {key: (code, share, worst ratio, rows)}."""
     from scipy.optimize import linprog
 
     pools, refused = {}, {}
     for r in data["rows"]:
-        w, a, o, n_rows, long_runs, arch, path = parts(r["kind"], r, data["samples"])
+        w, o, arch, path = parts(r["kind"], r, data["samples"])
         pool = ("x64" if arch == "x64" else "32-bit", path)
         if r["fits"]:
-            pools.setdefault(pool, []).append((arch, (w, a, n_rows, long_runs), w + a + o,
-                                               r["needed"]))
+            pools.setdefault(pool, []).append((arch, w, w + o, r["needed"]))
         else:  # did not complete on the firmware's heap: must be predicted above it
-            refused.setdefault(pool, []).append((arch, (w, a, n_rows, long_runs), w + a + o))
+            refused.setdefault(pool, []).append((arch, w, w + o))
     out = {}
     for pool_key, pts in sorted(pools.items()):
         path = pool_key[1]
         arches = sorted({p[0] for p in pts})
-        n = len(arches) + 4 + 1  # codes, fw, fa, per_row, fl, t
+        n = len(arches) + 2  # codes, share, t
         A, b = [], []
-        for arch, f, base, need in pts:
-            row = [float(arch == x) for x in arches] + [float(v) for v in f]
+        for arch, w, base, need in pts:
+            row = [float(arch == x) for x in arches] + [float(w)]
             A.append([-v for v in row] + [0.0])  # predicted >= low * needed
             b.append(base - low * need)
             A.append(row + [-float(need)])  # predicted <= t * needed
@@ -320,38 +317,21 @@ def fit(data, low=1.02):
             if arch != "x64":  # ran on the 192 KiB heap: compile must not refuse it there
                 A.append(row + [0.0])
                 b.append(FIRMWARE_HEAP - HEAP_MARGIN - base)
-        for arch, f, base in refused.get(pool_key, []):
+        for arch, w, base in refused.get(pool_key, []):
             if arch in arches:
-                row = [float(arch == x) for x in arches] + [float(v) for v in f]
+                row = [float(arch == x) for x in arches] + [float(w)]
                 A.append([-v for v in row] + [0.0])  # predicted > the heap
                 b.append(base - FIRMWARE_HEAP - 1)
-        # codes >= 0; the other terms are signed corrections (budget.py floors the total at
-        # the arrays plus LIVE_BYTES)
-        bounds = [(0, None)] * len(arches) + [(None, None)] * 4 + [(0, None)]
-        res = linprog([0.0] * (n - 1) + [1.0], A_ub=A, b_ub=b, bounds=bounds)
+        res = linprog([0.0] * (n - 1) + [1.0], A_ub=A, b_ub=b, bounds=[(0, None)] * n)
         x = res.x
-        fw, fa, per_row, fl = x[len(arches):len(arches) + 4]  # rounded up: never below
-        frag = (float(np.ceil(fw * 1e4) / 1e4), float(np.ceil(fa * 1e4) / 1e4),
-                int(np.ceil(per_row)), float(np.ceil(fl * 1e4) / 1e4))
+        share = float(np.ceil(x[len(arches)] * 1e4) / 1e4)  # rounded up: never below
         for i, arch in enumerate(arches):
             mine = [p for p in pts if p[0] == arch]
             code = int(np.ceil(x[i])) + 16
-            pred = np.array([code + p[2] + sum(f * v for f, v in zip(frag, p[1]))
-                             for p in mine])
+            pred = np.array([code + p[2] + int(share * p[1] + 0.5) for p in mine])
             need = np.array([p[3] for p in mine], float)
-            out[(arch, path)] = (code, frag, float((pred / need).max()), len(mine))
+            out[(arch, path)] = (code, share, float((pred / need).max()), len(mine))
     return out
-
-
-def live_bytes(data):
-    """budget.LIVE_BYTES: per arch, 0.9 x the least any measured model needed besides its
-    arrays (the floor under the fitted terms)."""
-    least = {}
-    for r in data["rows"]:
-        if r["fits"]:
-            w, a, o, _, _, arch, _ = parts(r["kind"], r, data["samples"])
-            least[arch] = min(least.get(arch, r["needed"]), r["needed"] - w - a - o)
-    return {arch: int(0.9 * v) for arch, v in sorted(least.items())}
 
 
 def render(data):
@@ -400,15 +380,18 @@ def main(argv=None):
                          "such as `git archive HEAD device` keeps edits in progress out)")
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--fit", action="store_true",
-                    help="print CODE_BYTES and FRAGMENTATION for budget.py from the JSON")
+                    help="print CODE_BYTES and FRAGMENTATION for budget.py, fitted to the JSON")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.fit:
         data = json.loads(out.read_text())
-        print(f"LIVE_BYTES = {live_bytes(data)!r}")
-        for key, (code, frag, worst, n) in fit(data).items():
-            print(f"{key!r}: code {code}, fragmentation {frag}  ({n} rows, worst ratio "
-                  f"{worst:.3f})")
+        fitted = fit(data)
+        for key, (code, share, worst, n) in fitted.items():
+            print(f"# {key!r}: {n} rows, worst ratio predicted / needed {worst:.3f}")
+        print("CODE_BYTES = {\n" + "".join(f"    {k!r}: {v[0]},\n" for k, v in fitted.items())
+              + "}")
+        print("FRAGMENTATION = {\n" + "".join(f"    {k!r}: {v[1]},\n" for k, v in fitted.items())
+              + "}")
         return 0
     if args.render:
         data = json.loads(out.read_text())

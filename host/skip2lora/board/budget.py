@@ -12,14 +12,15 @@ It is counted the way the device package allocates (device/s2l/model.py, dataset
 fixedpath.py / floatpath.py, cache.py): every array is a GC block for the array object plus its
 items rounded up to whole GC blocks (16 bytes on a 32-bit board, 32 on the 64-bit unix port);
 the frozen weights are all in RAM, in row blocks of at most 2 KB. On top come the package's
-code and the interpreter's own objects (CODE_BYTES) and what the heap loses to fragmentation
-(FRAGMENTATION: a MemoryError comes from the lack of one free run, not of bytes in total),
-both fitted to what tools/budget_truth.py measures on every virtual board kind
-(docs/BUDGET.md): never below any measured need, and on the 192 KiB firmware heap the same
-verdict as the firmware for every measured model. The fragmentation terms are signed (it is
-not linear in what the budget sees), so the total is floored at the arrays plus LIVE_BYTES.
-tests/test_budget_truth.py holds the estimate to the measurements; docs/compiler.md says how
-close it is (within 1.10 x the need for most models, not all).
+code and the interpreter's own objects (CODE_BYTES) and what the heap loses between the weight
+blocks (FRAGMENTATION, a share of them: a MemoryError comes from the lack of one free run, not
+of bytes in total), both fitted to what tools/budget_truth.py measures on every virtual board
+kind (docs/BUDGET.md): never below any measured need, at most 1.10 x it (the unix port's float
+path: 1.16), and on the 192 KiB
+firmware heap the same verdict as the firmware for every measured model. The estimate is this
+close because the package keeps the heap in few pieces (device/s2l/__init__.py loads its
+modules with a collection after each; nothing allocates garbage between weight blocks);
+tests/test_budget_truth.py holds it to the measurements.
 """
 from dataclasses import dataclass
 
@@ -34,35 +35,28 @@ PAYLOAD_CHUNK = 64  # fixedpath.py: payload() converts 64 values at a time
 
 # The device package's code and the interpreter's own objects in the GC heap while the job
 # runs, per mpy arch (the .mpy bytecode, and on bare-metal ports the viper machine code too,
-# live in the heap) and per path ("fixed": int8 model, viper kernels; "float": floatpath.py):
-# fitted to the measurements of tools/budget_truth.py (docs/BUDGET.json). Arches never
-# measured take the largest 32-bit figure.
+# live in the heap) and per path ("fixed": int8 model, viper kernels; "float": floatpath.py),
+# and the heap lost between the weight blocks (a share of weights_ram): fitted by
+# tools/budget_truth.py --fit to what it measures on every virtual board kind
+# (docs/BUDGET.json): never below a measured need, at most 1.10 x it on the Cortex-M kinds and
+# for int8 on the unix port (its float path: 1.16, docs/compiler.md). Arches never measured
+# take the largest 32-bit figures.
 CODE_BYTES = {
-    ('armv6m', 'fixed'): 83846,
-    ('armv6m', 'float'): 61205,
-    ('armv7emsp', 'fixed'): 82589,
-    ('armv7emsp', 'float'): 70560,
-    ('x64', 'fixed'): 99195,
-    ('x64', 'float'): 105201,
+    ('armv6m', 'fixed'): 68705,
+    ('armv7emsp', 'fixed'): 67624,
+    ('armv6m', 'float'): 61238,
+    ('armv7emsp', 'float'): 61326,
+    ('x64', 'fixed'): 99369,
+    ('x64', 'float'): 94614,
 }
-# The least the board needs besides the arrays, per arch: 0.9 x the smallest measured need
-# less its arrays (the unix port's live heap was the arrays plus 76 KB at every epoch end).
-LIVE_BYTES = {'armv6m': 59313, 'armv7emsp': 60969, 'x64': 83462}
-# Heap lost to fragmentation and transients beyond the arrays themselves (signed: a fitted
-# correction, see the module docstring), per arch and path:
-# (share of the weight arrays, share of the adapter and gradient arrays, bytes per adapter row
-# (rank x adapters), share of the allocations of LONG_RUN bytes or more), fitted with CODE_BYTES.
 FRAGMENTATION = {
-    ('armv6m', 'fixed'): (-3.8378, -0.4812, 885, 4.1263),
-    ('armv6m', 'float'): (0.0, -4.6811, 3387, 1.1473),
-    ('armv7emsp', 'fixed'): (-3.8378, -0.4812, 885, 4.1263),
-    ('armv7emsp', 'float'): (0.0, -4.6811, 3387, 1.1473),
-    ('x64', 'fixed'): (1.7129, 0.6284, 14, -1.548),
-    ('x64', 'float'): (0.8951, 0.3948, -467, -0.546),
+    ('armv6m', 'fixed'): 0.1674,
+    ('armv7emsp', 'fixed'): 0.1674,
+    ('armv6m', 'float'): 0.3429,
+    ('armv7emsp', 'float'): 0.3429,
+    ('x64', 'fixed'): 0.1275,
+    ('x64', 'float'): 0.3641,
 }
-# An allocation this long needs one free run of its size: on a heap that the package's code
-# has cut into pieces, such runs are what runs out first (the share is fitted).
-LONG_RUN = 1024
 WEIGHTS_IN_RAM_SHARE = 1.0  # the board loads every layer (model.py): nothing is streamed
 
 _ITEMSIZE = {"f32": 4, "int8": 1}
@@ -127,12 +121,11 @@ class Budget:
     gradients: int  # the float path's gradient accumulators (the fixed path keeps none)
     io_buffers: int  # labels and shuffle order (3 bytes a sample), dataset and cache buffers
     overhead: int  # device package code and interpreter objects (measured, CODE_BYTES)
-    fragmentation: int  # heap lost between arrays (measured share, FRAGMENTATION)
+    fragmentation: int  # heap lost between the weight blocks (measured share, FRAGMENTATION)
     model_file: int
     dataset_file: int
     cache_file: int
     adapter_files: int  # twice the file: the new one is written before the old is replaced
-    long_runs: int = 0  # bytes of RAM in allocations of LONG_RUN bytes or more
 
     weights_in_ram = True  # the board loads every layer (device/s2l/model.py)
 
@@ -199,17 +192,13 @@ class _Heap:
     def __init__(self, word_bits):
         self.word = word_bits // 8
         self.block = 4 * self.word  # MICROPY_BYTES_PER_GC_BLOCK
-        self.long_runs = 0  # bytes in allocations of LONG_RUN bytes or more
 
     def blocks(self, nbytes):
         return -(-max(nbytes, 1) // self.block) * self.block
 
     def array(self, nbytes):
         """array('x', ...) or bytearray: the object, then its items."""
-        items = self.blocks(nbytes)
-        if items >= LONG_RUN:
-            self.long_runs += items
-        return self.block + items
+        return self.block + self.blocks(nbytes)
 
     def list(self, n):
         return self.block + self.blocks(n * self.word)
@@ -268,7 +257,7 @@ def code_key(board, path):
     if key in CODE_BYTES:
         return key
     return max((k for k in CODE_BYTES if k[0] != "x64" and k[1] == path),
-               key=lambda k: CODE_BYTES[k] + sum(FRAGMENTATION[k]) * 1e5)
+               key=lambda k: (CODE_BYTES[k], FRAGMENTATION[k]))
 
 
 def estimate(dims, board, dtype="f32", rank=4, mask=None, samples=DEFAULT_SAMPLES,
@@ -291,23 +280,16 @@ def estimate(dims, board, dtype="f32", rank=4, mask=None, samples=DEFAULT_SAMPLE
     weights_ram = _weights_ram(h, dims, dtype)
     act, ads, grads = (_fixed_ram if path == "fixed" else _float_ram)(h, dims, targets, rank)
     item = _ITEMSIZE[dataset_dtype]
-    long_runs = h.long_runs  # the per-sample arrays below are not counted in it
     io = h.array(samples) + h.array(2 * samples)  # labels, shuffle order
     io += h.array(dims[0] * item) + h.array(pad4(dims[0]))  # dataset record, cache x1 view
     key = code_key(board, path)
-    frag_weights, frag_adapters, per_row, frag_long = FRAGMENTATION[key]
     return Budget(
         board=board, dims=dims, dtype=dtype, samples=samples, path=path,
         weights_bytes=weights, weights_ram=weights_ram, activations=act, adapters=ads,
         gradients=grads, io_buffers=io, overhead=CODE_BYTES[key],
-        # fitted terms may be negative, but never take the estimate below the arrays plus
-        # LIVE_BYTES, what the board holds live at once besides them
-        fragmentation=max(LIVE_BYTES[key[0]] - CODE_BYTES[key],
-                          int(frag_weights * weights_ram + frag_adapters * (ads + grads)
-                              + per_row * rank * len(targets) + frag_long * long_runs)),
+        fragmentation=int(FRAGMENTATION[key] * weights_ram + 0.5),
         model_file=model_file_bytes(dims, dtype),
         dataset_file=dataset_file_bytes(dims[0], samples, dataset_dtype),
         cache_file=cache_file_bytes(dims, samples),
         adapter_files=2 * adapter_file_bytes(dims, rank, mask),
-        long_runs=long_runs,
     )
