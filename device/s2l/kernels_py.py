@@ -19,20 +19,24 @@ def dense_q16(W, X, d_in, j0, nr, M, N, BETA, OUT, sx):
         acc = 0
         for k in xs:
             acc += W[row + k] * X[k]
-        m = M[j]
-        n = N[j]
-        t = (acc >> 15) * m + (((acc & 0x7FFF) * m + 16384) >> 15)
-        if n > 15:
-            v = (t + (1 << (n - 16))) >> (n - 15) if n < 47 else 0
-        elif n == 15:
-            v = t
-        elif n > -15:
-            lim = LIM >> (15 - n)
-            v = (lim if t > lim else (-lim if t < -lim else t)) << (15 - n)
-        else:
-            v = LIM if t > 0 else (-LIM if t < 0 else 0)
-        OUT[j] = _sat(v + BETA[j])
+        OUT[j] = q16_out(acc, M[j], N[j], BETA[j])
         row += d_in
+
+
+def q16_out(acc, m, n, beta):
+    """One dense_q16 output from its row sum: acc * m / 2**n + beta, saturated (shared with
+    kernels_ulab, whose row sums come from ulab)."""
+    t = (acc >> 15) * m + (((acc & 0x7FFF) * m + 16384) >> 15)
+    if n > 15:
+        v = (t + (1 << (n - 16))) >> (n - 15) if n < 47 else 0
+    elif n == 15:
+        v = t
+    elif n > -15:
+        lim = LIM >> (15 - n)
+        v = (lim if t > lim else (-lim if t < -lim else t)) << (15 - n)
+    else:
+        v = LIM if t > 0 else (-LIM if t < 0 else 0)
+    return _sat(v + beta)
 
 
 def requant8(V, d, m, n, relu, OUT, sx):
@@ -49,7 +53,11 @@ def requant8(V, d, m, n, relu, OUT, sx):
 
 
 def adapter_u(A, X, d, ps, sh):
-    acc = dot_a16x8(A, X, d, ps)
+    return u_of_dot(dot_a16x8(A, X, d, ps), sh)
+
+
+def u_of_dot(acc, sh):
+    """adapter_u's int16 u from the row's dot (shared with kernels_ulab)."""
     if sh > 0:
         acc = ((acc >> (sh - 1)) + 1) >> 1
     elif sh < 0:

@@ -36,6 +36,7 @@ upd_a = _py.upd_a
 to_f32 = _py.to_f32
 absmax_f32 = _py.absmax_f32
 quant_f32 = _py.quant_f32
+_q16_out = _py.q16_out
 
 
 def dense_q16(W, X, d_in, j0, nr, M, N, BETA, OUT, sx):
@@ -64,20 +65,7 @@ def dense_q16(W, X, d_in, j0, nr, M, N, BETA, OUT, sx):
         else:
             acc = int(s0[i]) + int(s1[i])
         i += 1
-        m = M[j]
-        n = N[j]
-        t = (acc >> 15) * m + (((acc & 0x7FFF) * m + 16384) >> 15)
-        if n > 15:
-            v = (t + (1 << (n - 16))) >> (n - 15) if n < 47 else 0
-        elif n == 15:
-            v = t
-        elif n > -15:
-            lim = LIM >> (15 - n)
-            v = (lim if t > lim else (-lim if t < -lim else t)) << (15 - n)
-        else:
-            v = LIM if t > 0 else (-LIM if t < 0 else 0)
-        v += BETA[j]
-        OUT[j] = LIM if v > LIM else (-LIM if v < -LIM else v)
+        OUT[j] = _q16_out(acc, M[j], N[j], BETA[j])
 
 
 def dot_a16x8(A, X, d, ps):
@@ -108,9 +96,4 @@ def dot_a16x8(A, X, d, ps):
 
 
 def adapter_u(A, X, d, ps, sh):
-    acc = dot_a16x8(A, X, d, ps)
-    if sh > 0:
-        acc = ((acc >> (sh - 1)) + 1) >> 1
-    elif sh < 0:
-        acc = (32767 if acc > 32767 else (-32767 if acc < -32767 else acc)) << (-sh)
-    return 32767 if acc > 32767 else (-32767 if acc < -32767 else acc)
+    return _py.u_of_dot(dot_a16x8(A, X, d, ps), sh)

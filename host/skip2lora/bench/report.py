@@ -15,6 +15,7 @@ from skip2lora.bench.projection import (ESP32_MHZ, FLASH_MS_PER_BLOCK, M0_PY_FLO
                                         M0_VIPER_INT8_US, RP2040_MHZ, SECTOR, board_projection)
 from skip2lora.bench.plots import PNG_NAMES, plot
 from skip2lora.bench.run import COMPARISONS, RUNS
+from skip2lora.bench.ulab import later_ms, pairs
 from skip2lora.bench.sentences import fmt_ms as _ms, fmt_pct as _pct
 from skip2lora.bench.sentences import (bound_note, bound_ratios, ceiling_sentence, decomposition,
                                        esp32_heap_note, float_precision_note, glue_share_words,
@@ -355,7 +356,6 @@ def _ulab(F):
     U = F.get("ulab")
     if not U:
         return []
-    from skip2lora.bench.ulab import later_ms, pairs
     L = []
     w = L.append
     w("## ulab backend: epoch time against pure Python\n")
@@ -405,7 +405,6 @@ def ulab_lines(F):
     U = F.get("ulab")
     if not U:
         return []
-    from skip2lora.bench.ulab import later_ms, pairs
     return [f"ulab / py on {py['interpreter']}, {py['model']}: epoch 1 "
             f"{ul['epoch_us'][0] / py['epoch_us'][0]:.2f}, later epochs "
             f"{later_ms(ul) / later_ms(py):.2f}"

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skip2lora.bench import ulab
 from skip2lora.bench.projection import board_budgets, project_rp2040
 from skip2lora.board import deploy
 from skip2lora.board.link import (BOARD_CACHE, BOARD_DATASET, BOARD_DIR, BOARD_MODEL, BoardLink,
@@ -576,7 +577,6 @@ def run(config, scenarios, port=None, workdir="out/bench", log=print):
     figures["source"] = source
     figures["projection_rp2040"] = project_rp2040(figures)
     if config.ulab:
-        from skip2lora.bench import ulab
         sc = scenarios[0]
         figures["ulab"] = ulab.measure(ulab.models(sc.model_path, sc.finetune), log=log)
     figures["elapsed_s"] = time.time() - started

@@ -23,7 +23,9 @@ from pathlib import Path
 
 from skip2lora.board.virtual.circuitpython import BOARD_PRELUDE, INTERPRETERS, find_interpreter
 from skip2lora.errors import UserError
-from skip2lora.model.formats import DTYPE_I8, dataset_from_arrays, write_dataset
+from skip2lora.model.formats import (DTYPE_I8, dataset_from_arrays, read_dataset, read_model,
+                                     write_dataset)
+from skip2lora.training.experiments import source_revision
 
 ROOT = Path(__file__).resolve().parents[3]
 DEVICE = ROOT / "device"
@@ -71,7 +73,6 @@ def _run(interp, folder, backend, epochs, timeout=1800):
 def models(fan_model=None, fan_data=None):
     """[(label, model bytes, dataset bytes, dims, samples)]: the fixture, and the fan model with
     its int8 fine-tuning set when given (a path and (X, y))."""
-    from skip2lora.model.formats import read_dataset, read_model
     out = []
     fm, fd = FIXTURES / "model-int8.s2lm", FIXTURES / "dataset-int8.s2ld"
     if fm.is_file() and fd.is_file():
@@ -92,7 +93,6 @@ def measure(model_list, epochs=EPOCHS, repeats=REPEATS, log=print):
     """The figures of the ulab rows: one record per model, interpreter and backend, with the
     interpreter-clock time of every epoch (us, the least of `repeats` runs), and whether ulab
     wrote py's bytes."""
-    from skip2lora.training.experiments import source_revision
     source = source_revision()  # before anything runs
     rows, missing = [], []
     interps = []
@@ -154,6 +154,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=EPOCHS)
     ap.add_argument("--workdir", default="out/bench")
     args = ap.parse_args(argv)
+    # here, not at the top: report and run import this module
     from skip2lora.bench import report as bench_report
     from skip2lora.bench.run import PRIMARY, cooling_fan_scenarios
     figures = json.loads(Path(args.json).read_text())

@@ -12,12 +12,12 @@ relaying, Ctrl-C, soft and hard resets). That code differs because a CircuitPyth
   * sys.path is a board's ['', '/', '.frozen', '/lib'].
 """
 import sys
-from pathlib import Path
 
 from skip2lora.board.virtual.base import supervisor_main
 from skip2lora.board.virtual.circuitpython import BOARD_PRELUDE, SECTOR
 from skip2lora.board.virtual.unix_supervisor import (HARD_RESET_EXIT, MARK_MOUNTED, MARK_READY,
-                                                     Supervisor, _add_arguments)
+                                                     Supervisor, _add_arguments,
+                                                     run_supervisor)
 
 BOOT_SCRIPT = r"""
 import sys as _vb_sys, os as _vb_os
@@ -115,17 +115,7 @@ class CircuitPythonSupervisor(Supervisor):
 
 
 def _run(args):
-    import os
-    trace = os.environ.get("SKIP2LORA_VBOARD_TRACE", "") not in ("", "0")
-    try:
-        CircuitPythonSupervisor(Path(args.run_dir), args.image, args.heap, args.micropython,
-                                trace).run()
-    except SystemExit as error:
-        if isinstance(error.code, str):
-            print(error.code, file=sys.stderr)
-            return 1
-        raise
-    return 0
+    return run_supervisor(CircuitPythonSupervisor, args)
 
 
 if __name__ == "__main__":

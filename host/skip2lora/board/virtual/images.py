@@ -89,7 +89,7 @@ def open_image(image, kind="unix"):
     Raises UserError if the image holds no LittleFS (e.g. blank: the board never booted).
     A circuitpython board's image is FAT: read by the interpreter (circuitpython.FatImage).
     """
-    if kind == "circuitpython":
+    if kind == "circuitpython":  # imported here: circuitpython.py imports this module
         from skip2lora.board.virtual.circuitpython import open_fat_image
         return open_fat_image(image)
     geo = geometry(kind)
@@ -113,7 +113,7 @@ def open_image(image, kind="unix"):
 def image_usage(image, kind="unix"):
     """(used_bytes, total_bytes) of the LittleFS on the image, or (None, size) if unformatted."""
     size = Path(image).stat().st_size
-    if kind == "circuitpython":
+    if kind == "circuitpython":  # imported here: circuitpython.py imports this module
         from skip2lora.board.virtual.circuitpython import read_image
         read = read_image(image)
         return (None, size) if read is None else (read[2], read[3])

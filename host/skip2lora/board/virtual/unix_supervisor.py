@@ -539,16 +539,21 @@ def _add_arguments(parser):
     parser.add_argument("--micropython", required=True)
 
 
-def _run(args):
+def run_supervisor(cls, args):
+    """The supervisor process's body for a unix-port kind (this one, or a subclass's)."""
     trace = os.environ.get("SKIP2LORA_VBOARD_TRACE", "") not in ("", "0")
     try:
-        Supervisor(Path(args.run_dir), args.image, args.heap, args.micropython, trace).run()
+        cls(Path(args.run_dir), args.image, args.heap, args.micropython, trace).run()
     except SystemExit as error:
         if isinstance(error.code, str):
             print(error.code, file=sys.stderr)
             return 1
         raise
     return 0
+
+
+def _run(args):
+    return run_supervisor(Supervisor, args)
 
 
 if __name__ == "__main__":
