@@ -2,6 +2,7 @@
 # dims, block headers, NaN), loaded once into typed arrays, a float forward() that applies
 # loaded adapters of every kind, and predict(): an int8 model's runs through the fixed-point
 # kernels (int8forward.py), a float model's through forward().
+import gc
 import struct
 
 from .compat import S2LError
@@ -90,6 +91,12 @@ class Model:
                 else:
                     blk_w = read_exact(f, empty("f", nr * d_in), 4 * nr * d_in, path, _WHAT)
                     check_finite(path, _WHAT, "layer %d weight" % i, blk_w)
+                    # the check's float objects (boxed where floats are: 32 bytes each on the
+                    # unix port, 8x the block) are collected before the next block is placed
+                    # beyond them: left, they scattered the blocks with holes that the
+                    # Trainer's 2 KB rows did not fit (a 64-512-4 model needed 335 KB, 291 KB
+                    # with this)
+                    gc.collect()
                 W.append((blk_w, j0, nr))
                 j0 += nr
             if dtype == I8:
