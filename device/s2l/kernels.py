@@ -1,4 +1,6 @@
 # One kernel interface, backend chosen at import (or forced by name), fastest first:
+#   "thumb" - kernels_thumb.py, the dense layer's sums in Thumb machine code (asm_thumb), the
+#             rest viper's; Cortex-M firmware with the inline assembler (rp2, stm32)
 #   "viper" - kernels_viper.py, machine code, allocates nothing (MicroPython with viper)
 #   "ulab"  - kernels_ulab.py, the long loops as ulab calls, the same integers (exact in
 #             float32: docs/device.md, "ulab kernels"); CircuitPython and MicroPython builds
@@ -21,7 +23,7 @@ def chunk_shift(d):
         ps += 1
     return ps
 
-ORDER = ("viper", "ulab", "py")  # what get(None) tries
+ORDER = ("thumb", "viper", "ulab", "py")  # what get(None) tries
 _unavailable = [None]  # why kernels_viper failed to load (wrong-arch .mpy, out of memory)
 
 
@@ -42,7 +44,11 @@ def get(name=None):
         return _cache[name]
     if name is None:
         try:
-            mod = get("viper")
+            mod = get("thumb")
+        except ImportError:
+            mod = None
+        try:
+            mod = mod or get("viper")
         except ImportError:
             try:
                 mod = get("ulab")
@@ -65,6 +71,17 @@ def get(name=None):
                 _unavailable[0] = str(e) or type(e).__name__
             raise ImportError("viper kernels unavailable on this firmware: %s"
                               % (str(e) or type(e).__name__))
+    elif name == "thumb":
+        try:
+            from . import kernels_thumb as mod
+        except (SyntaxError, ImportError, NameError, AttributeError, ValueError,
+                MemoryError) as e:
+            # no inline assembler here (unix, ESP32, CircuitPython: a SyntaxError, or no
+            # module where deploy left it out), or no viper for its output step
+            sys.modules.pop(__name__[:-7] + "kernels_thumb", None)
+            raise ImportError("backend 'thumb': this firmware has no Thumb inline assembler "
+                              "(%s); use backend auto, which picks the fastest it has"
+                              % (str(e) or type(e).__name__))
     elif name == "ulab":
         try:
             from . import kernels_ulab as mod
@@ -76,6 +93,6 @@ def get(name=None):
     elif name == "py":
         from . import kernels_py as mod
     else:
-        raise ImportError("unknown kernel backend %r (viper, ulab, py)" % (name,))
+        raise ImportError("unknown kernel backend %r (thumb, viper, ulab, py)" % (name,))
     _cache[name] = mod
     return mod

@@ -16,7 +16,7 @@ BOARD_METHODS = ("skip2lora", "skip-lora", "lora-all", "ft-last")  # what the bo
 # Adapter kinds of the .s2la format (docs/formats.md, "Trained adapters").
 KIND_SKIP, KIND_PARALLEL, KIND_DELTA = 0, 1, 2
 
-BACKENDS = ("auto", "viper", "ulab", "python", "float")  # the board's arithmetic
+BACKENDS = ("auto", "thumb", "viper", "ulab", "python", "float")  # the board's arithmetic
 DATASET_DTYPES = ("int8", "f32")
 # `skip2lora finetune`'s --lr default: the host chooses lr for the data being uploaded
 # (host/skip2lora/training/step_size.py) and sends the board a number. FinetuneConfig.lr is
@@ -49,7 +49,8 @@ class FinetuneConfig:
                 "cheaper), or 0-based layer indexes like 0,2"})
     shuffle: bool = field(default=True, metadata={"help": "reshuffle the samples every epoch"})
     backend: str = field(default="auto", metadata={
-        "help": "board arithmetic: fixed-point viper (fast), ulab (CircuitPython), pure "
+        "help": "board arithmetic: fixed-point thumb (Cortex-M inline assembler, fastest), "
+                "viper (fast), ulab (CircuitPython), pure "
                 "Python, or float; auto takes the first of these the board has",
         "choices": BACKENDS})
     dataset_dtype: str = field(default="int8", metadata={

@@ -737,7 +737,8 @@ class Runs:  # the values of [[value, count], ...]; a len lets array() allocate 
 f = open("cases.jsonl")
 POOL = {t: array(t, Runs([[0, n]])) for t, n in sorted(json.loads(f.readline()).items(),
                                                            key=lambda tn: -tn[1])}
-from s2l import kernels_viper as K
+from s2l import kernels
+K = kernels.get(BACKEND)
 from s2l.kernels import SX
 with open("out.jsonl", "w") as out:
     for line in f:
@@ -779,7 +780,7 @@ with open("out.jsonl", "w") as out:
         conv = mv = None
         gc.collect()
 f.close()
-RESULT(sx=SX)
+RESULT(sx=SX, name=K.NAME)
 """
 
 
@@ -791,10 +792,12 @@ TYPES = {"to_f32": ["i", None, None, None, "I"], "absmax_f32": ["I"],
          "upd_b": ["i", "h", "h", "h"], "upd_a": ["i", "h", "b"]}
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_viper_kernels_equal_checked_twin(tmp_path, kind):
+@pytest.mark.parametrize("kind,backend", [(k, "viper") for k in KINDS]
+                         + [(k, "thumb") for k in KINDS[1:]])
+def test_viper_kernels_equal_checked_twin(tmp_path, kind, backend):
     """On the unix port (64-bit viper ints, SX=32) and on the 32-bit boards (SX=0, where an
-    overflow wraps silently)."""
+    overflow wraps silently); the Thumb kernels (asm_thumb, kernels_thumb.py) on both
+    Cortex-M kinds, every case through the same module."""
     cases = []
     for name, args in CASES:
         types = TYPES[name] + [None] * (len(args) - len(TYPES[name]))
@@ -809,8 +812,9 @@ def test_viper_kernels_equal_checked_twin(tmp_path, kind):
             pools[t] = max(pools.get(t, 0), n)
     (tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n"
                                                   for c in [pools] + cases))
-    res, _ = run(VIPER, tmp_path, heap="16M", kind=kind, deploy="py" if kind == "unix" else "mpy")
-    assert res == [{"sx": 32 if kind == "unix" else 0}]
+    script = VIPER.replace("kernels.get(BACKEND)", "kernels.get(%r)" % backend)
+    res, _ = run(script, tmp_path, heap="16M", kind=kind, deploy="py" if kind == "unix" else "mpy")
+    assert res == [{"sx": 32 if kind == "unix" else 0, "name": backend}]
     got = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(got) == len(cases)
     for i, ((name, args, _), g) in enumerate(zip(cases, got)):

@@ -58,6 +58,10 @@ def compile_mpy(source, arch):
         return out.read_bytes()
 
 
+# mpy-cross -march values with the Thumb inline assembler (kernels_thumb.py)
+THUMB_ARCHS = ("armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp")
+
+
 def can_use_mpy(info):
     return (info.name == "micropython" and info.arch is not None
             and (info.mpy_version, info.mpy_sub) == MPY_CROSS_VERSION)
@@ -68,6 +72,8 @@ def package_uploads(info, folder=DEVICE_PACKAGE, remote_dir=BOARD_LIB):
     use_mpy = can_use_mpy(info)
     uploads = []
     for source in package_sources(folder):
+        if source.stem == "kernels_thumb" and not (use_mpy and info.arch in THUMB_ARCHS):
+            continue  # Thumb assembler: nothing another core, or a .py import, could run
         if use_mpy:
             uploads.append(Upload(f"{remote_dir}/{source.stem}.mpy",
                                   compile_mpy(source, info.arch),

@@ -28,7 +28,7 @@ from skip2lora.training.step_size import LR_GRID, choose_lr, parse_lr
 OPTIONS = ("method", "epochs", "lr", "batch_size", "rank", "seed", "targets", "dataset_dtype",
            "backend")
 MODEL_MISSING = "flash a model first: skip2lora flash MODEL.s2lm"
-FIXED_BACKENDS = ("viper", "ulab", "python")  # the board's fixed-point kernels (int8 models)
+FIXED_BACKENDS = ("thumb", "viper", "ulab", "python")  # the board's fixed-point kernels (int8 models)
 EPOCH_SILENCE_S = 3600  # longest an epoch may run without a line before the board counts as lost
 
 
