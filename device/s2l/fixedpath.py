@@ -41,6 +41,20 @@ class _Adapter:
     pass
 
 
+def _rows(blocks, d):
+    """The rows of an adapter's blocks of whole rows, in order: a one-row block itself, the
+    rows of a longer one as views into it."""
+    out = []
+    for b in blocks:
+        if len(b) == d:
+            out.append(b)
+        else:
+            mv = memoryview(b)
+            for i in range(0, len(b), d):
+                out.append(mv[i:i + d])
+    return out
+
+
 class FixedPath:
     """One arithmetic of the Trainer (the other is floatpath.FloatPath, with the same methods):
     owns its buffers (all allocated here), the adapters (ads) and the Skip-Cache (cache)."""
@@ -51,6 +65,9 @@ class FixedPath:
         dims = m.dims
         L, C, r = m.n_layers, dims[-1], rank
         self.model, self.data, self.K, self.rng = m, ds, K, rng
+        # a backend without the row-block kernels (one that reuses another's by name) is
+        # called per row
+        self._rows = hasattr(K, "upd_a_rows") and hasattr(K, "adapter_u_rows")
         self.L, self.C, self.rank = L, C, r
         # the step sizes from the float32 bits of lr and alpha (qmath); momentum is 0 here
         self._lr_parts = split(bits(lr))
@@ -79,9 +96,16 @@ class FixedPath:
             a = _Adapter()
             a.layer, a.kind, a.d = i, KIND_SKIP, dims[i]
             a.ar, a.ac, a.br, a.bc = r, dims[i], C, r
-            # one array per rank row: no allocation above 2 KB for d <= 512 (fragmented heap)
-            a.A32 = [zeros("i", a.d) for _ in range(r)]
-            a.A16 = [zeros("h", a.d) for _ in range(r)]
+            # the masters in blocks of whole rows, none above 2 KB (a fragmented heap has no
+            # longer free run): one row per block for d > 128 (d <= 512 stays <= 2 KB), or up
+            # to 512 // d rows in one block, so a row-block kernel (upd_a_rows) works on all
+            # the rows of a short row at once.
+            k = max(1, min(r, 512 // a.d))
+            a.A32b = [zeros("i", a.d * min(k, r - q)) for q in range(0, r, k)]
+            a.A16b = [zeros("h", a.d * min(k, r - q)) for q in range(0, r, k)]
+            # the rows themselves (_rows) are made where they are needed, outside the
+            # training loop, but for a backend called per row
+            a.rows = None if self._rows else (_rows(a.A32b, a.d), _rows(a.A16b, a.d))
             a.B32, a.B16 = zeros("i", C * r), zeros("h", C * r)
             a.U, a.E = zeros("h", r), zeros("i", r)
             a.drawn = False  # A's initial values are drawn once the activation scales exist
@@ -164,10 +188,14 @@ class FixedPath:
         y32, xq = self.y32, self.xq
         for c in range(C):
             y32[c] = 0
+        rows = self._rows
         for a in self.ads:
             x, U, d, ps, shu = xq[a.layer], a.U, a.d, a.ps, a.shu
-            for q in range(a.ar):
-                U[q] = K.adapter_u(a.A16[q], x, d, ps, shu)
+            if rows:  # all rank rows in one call (kernels that work on a block of rows)
+                K.adapter_u_rows(a.A16b, x, d, ps, shu, U, a.ar)
+            else:
+                for q in range(a.ar):
+                    U[q] = K.adapter_u(a.rows[1][q], x, d, ps, shu)
             K.logits_bu(a.B16, U, C, a.ar, y32, sx)
         loss, best = self._softmax(lab)
         if self._eta is None:
@@ -177,8 +205,11 @@ class FixedPath:
             K.bg(a.B16, g16, C, a.ar, a.Mp, T_BG, a.E)
             K.upd_b(a.B32, a.B16, ge16, a.U, C, a.ar, shb, last, sx)
             x, E, d, sha = xq[a.layer], a.E, a.d, a.sha
-            for q in range(a.ar):
-                K.upd_a(a.A32[q], a.A16[q], x, E[q], d, sha, last, sx)
+            if rows:
+                K.upd_a_rows(a.A32b, a.A16b, x, E, d, sha, last, a.ar, sx)
+            else:
+                for q in range(a.ar):
+                    K.upd_a(a.rows[0][q], a.rows[1][q], x, E[q], d, sha, last, sx)
         return loss, best == lab
 
     def payload(self):
@@ -190,9 +221,10 @@ class FixedPath:
         K, sx, buf = self.K, kernels.SX, self._chunk
         mv, n = memoryview(buf), len(buf)
         for a in self.ads:
+            rows = _rows(a.A32b, a.d)
             for q in range(a.ar + 1):  # A = A32 * R / 2**sh, then B = B32 / 2**29
                 if q < a.ar:
-                    src, R, sh = memoryview(a.A32[q]), a.R, a.Rsh
+                    src, R, sh = memoryview(rows[q]), a.R, a.Rsh
                 else:
                     src, R, sh = memoryview(a.B32), 1 << 29, 58
                 k0, d = 0, len(src)
@@ -232,16 +264,17 @@ class FixedPath:
         self.prepare()  # the masters' unit depends on the activation scales
         exact = read_state(path, adapters_crc, *self._state())
         for a, e in zip(self.ads, adapters):
+            rows32 = _rows(a.A32b, a.d)
             if not exact:  # round the f32 values (not bit-exact)
                 for q in range(a.ar):
-                    A32, row = a.A32[q], e[2][q]
+                    A32, row = rows32[q], e[2][q]
                     for i in range(a.d):  # A32 = A * m * 2**30
                         mr, er = split(bits_at(row, i))
                         A32[i] = _sat(rshift_round(mr * a.m24, -6 - er))
                 for i in range(len(a.B32)):  # B32 = B * 2**29
                     mr, er = split(bits_at(e[5], i))
                     a.B32[i] = _sat(rshift_round(mr, -29 - er))
-            for src, dst in zip(a.A32 + [a.B32], a.A16 + [a.B16]):
+            for src, dst in zip(a.A32b + [a.B32], a.A16b + [a.B16]):
                 for i in range(len(src)):  # forward copies, as refreshed at a batch end
                     dst[i] = (src[i] + 32768) >> 16
         return exact
@@ -254,9 +287,9 @@ class FixedPath:
         b_unit = value(f32_ratio(1, 1, -29))
         ads, units, rows16 = [], [], []
         for a in self.ads:
-            ads.append((a.layer, a.kind, a.A32, a.ar, a.ac, a.B32, a.br, a.bc))
+            ads.append((a.layer, a.kind, _rows(a.A32b, a.d), a.ar, a.ac, a.B32, a.br, a.bc))
             units.append((value(f32_ratio(1, a.m24, -6)), b_unit))
-            rows16.append((a.A16, value(f32_ratio(1, a.m24, 10))))
+            rows16.append((_rows(a.A16b, a.d), value(f32_ratio(1, a.m24, 10))))
         model.set_adapters(ads, s, units, rows16)
 
     def logits(self, k):
@@ -279,7 +312,7 @@ class FixedPath:
         mantissas, masters = [], []
         for a in self.ads:
             mantissas.append((126 << 23) | (a.m24 & 0x7FFFFF))
-            masters += a.A32
+            masters += a.A32b  # the rows in order
             masters.append(a.B32)
         return mantissas, masters
 
@@ -328,8 +361,9 @@ class FixedPath:
         (same generator, same order), scaled by m * 2**30 in integers."""
         K = isqrt(((a.m24 * a.m24) << 44) // a.d)  # m24 * 2**22 / sqrt(d)
         rng = self.rng
+        rows32, rows16 = _rows(a.A32b, a.d), _rows(a.A16b, a.d)
         for q in range(a.ar):
-            A32, A16 = a.A32[q], a.A16[q]
+            A32, A16 = rows32[q], rows16[q]
             for i in range(a.d):
                 v = _sat(rshift_round(((rng.next_u32() >> 8) * 2 - 16777216) * K, 40))
                 A32[i] = v

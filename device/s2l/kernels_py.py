@@ -133,6 +133,38 @@ def upd_a(A32, A16, X, e, d, sh, refresh, sx):
                 A16[k] = (v + 32768) >> 16
 
 
+def adapter_u_rows(A16, X, d, ps, sh, U, r):
+    """U[q] = adapter_u of every rank row of an adapter in one call. A16 is a list of blocks,
+    each holding whole rows of d values (a block per row, or all r rows of a short row in one
+    buffer, fixedpath.FixedPath), rows in order."""
+    q = 0
+    for blk in A16:
+        if len(blk) == d:
+            U[q] = adapter_u(blk, X, d, ps, sh)
+            q += 1
+        else:
+            mv = memoryview(blk)
+            for b in range(0, len(blk), d):
+                U[q] = adapter_u(mv[b:b + d], X, d, ps, sh)
+                q += 1
+
+
+def upd_a_rows(A32, A16, X, E, d, sh, refresh, r, sx):
+    """upd_a of every rank row of an adapter in one call, row q with the step E[q]; A32 and
+    A16 are lists of blocks of whole rows as in adapter_u_rows."""
+    q = 0
+    for i in range(len(A32)):
+        blk, b16 = A32[i], A16[i]
+        if len(blk) == d:
+            upd_a(blk, b16, X, E[q], d, sh, refresh, sx)
+            q += 1
+        else:
+            m32, m16 = memoryview(blk), memoryview(b16)
+            for b in range(0, len(blk), d):
+                upd_a(m32[b:b + d], m16[b:b + d], X, E[q], d, sh, refresh, sx)
+                q += 1
+
+
 def to_f32(SRC, n, R, sh, OUT, sx):
     rh, rl = R >> 15, R & 0x7FFF
     for i in range(n):

@@ -97,3 +97,148 @@ def dot_a16x8(A, X, d, ps):
 
 def adapter_u(A, X, d, ps, sh):
     return _py.u_of_dot(dot_a16x8(A, X, d, ps), sh)
+
+
+def adapter_u_rows(A16, X, d, ps, sh, U, r):
+    # kernels_py.adapter_u_rows with each block's rows as one int16 matrix, read as bytes in
+    # place: A = 256 hi + lo, hi the signed high byte, lo the unsigned low byte (strided
+    # views, no operation). The Trainer's copies are within +-16384, so |hi| <= 64: a
+    # 512-long dot of hi x sums at most 64 * 128 * 512 = 2**22. lo (0..255) meets x split
+    # as 16 xh + xl (xh = x >> 4 in -8..7, xl = x & 15): 512-long dots of at most 255 * 8 *
+    # 512 and 255 * 15 * 512 < 2**22. Three matrix x vector dots per 512 columns; a longer
+    # row goes by 512-long chunks with kernels_py's pre-shift ps. A block of fewer than MIN_D
+    # values runs kernels_py's loop.
+    x = xh = xl = None
+    q = 0
+    for blk in A16:
+        n = len(blk) // d
+        if n * d < MIN_D:
+            for b in range(0, n * d, d):
+                U[q] = _py.adapter_u(memoryview(blk)[b:b + d], X, d, ps, sh)
+                q += 1
+            continue
+        if x is None:
+            x = np.frombuffer(X, dtype=np.int8, count=d)
+            xh = np.right_shift(x, 4)
+            xl = x & 15
+        hi = np.frombuffer(blk, dtype=np.int8).reshape((n, 2 * d))[:, 1::2]
+        lo = np.frombuffer(blk, dtype=np.uint8).reshape((n, 2 * d))[:, 0::2]
+        for j in range(n):
+            acc = 0
+            for k0 in range(0, d, 512):
+                k1 = k0 + 512 if k0 + 512 < d else d
+                if n > 1 and d <= 512:  # the whole block in three matrix x vector dots
+                    if j == 0:
+                        s0 = np.dot(hi, x).tolist()
+                        s1 = np.dot(lo, xh).tolist()
+                        s2 = np.dot(lo, xl).tolist()
+                    c = (int(s0[j]) << 8) + (int(s1[j]) << 4) + int(s2[j])
+                else:
+                    h, l = hi[j, k0:k1], lo[j, k0:k1]
+                    c = ((int(np.dot(h, x[k0:k1])) << 8) + (int(np.dot(l, xh[k0:k1])) << 4)
+                         + int(np.dot(l, xl[k0:k1])))
+                if ps > 0:
+                    c = (c + (1 << (ps - 1))) >> ps
+                acc += c
+            U[q] = _py.u_of_dot(acc, sh)
+            q += 1
+
+
+def _col(vals, n):
+    """An (n, 1) int16 column of per-row values, broadcast along each row."""
+    return np.array(vals, dtype=np.int16).reshape((n, 1))
+
+
+def upd_a_rows(A32, A16, X, E, d, sh, refresh, r, sx):
+    # kernels_py.upd_a_rows on each block's rows as matrices of int16 halves of the masters,
+    # viewed in place (A32 = 65536 H + L, H the signed high half, L the unsigned low half),
+    # with int16 arithmetic only (exact, no float; docs/device.md, "ulab kernels"):
+    #   row step D = round(e x / 2**sh) = q x + F(x): q = e >> sh, F = floor((rm x +
+    #   2**(sh-1)) / 2**sh) with rm = e - q 2**sh < 2**sh, so F is in -128..127 (sh <= 0:
+    #   q = e << -sh, F = 0, if no product reaches the pre-saturation bound);
+    #   F from the base-256 digits of rm / 2**sh, lowest first: G = (x dig + G) >> 8;
+    #   q x = 65536 (x q2) + 256 (x q1) + (x q0) with q's bytes q0, q1 (0..255) and q2
+    #   (|q| < 2**23 so |x q2| <= 2**14): each product within int16;
+    #   D's low half Dl = (x q1 << 8) + (x q0 + F) mod 2**16 and high half
+    #   Dh = x q2 + (x q1 >> 8) + carry; then L -= Dl with its borrow, H -= Dh + borrow.
+    # A master can only leave +-LIM where H leaves -16383..16383: then the block is clamped
+    # in Python. The copies A16 = (A32 + 2**15) >> 16 = H + (L >= 2**15). A row outside
+    # these conditions (a step past the pre-saturation bound) runs kernels_py's upd_a.
+    x = None
+    q = 0
+    for i in range(len(A32)):
+        blk, b16 = A32[i], A16[i]
+        n = len(blk) // d
+        qs, fr = [], []
+        anyf = anye = False
+        ok = n * d >= MIN_D
+        for j in range(n):
+            e = E[q + j]
+            if e:
+                anye = True
+            if sh > 0:
+                t = e >> sh
+                rm = e - (t << sh)
+                if rm:
+                    anyf = True
+            else:
+                if (e if e > 0 else -e) * 128 > LIM >> -sh:
+                    ok = False
+                t = e << -sh
+                rm = 0
+            if t >= 8388608 or t < -8388608:
+                ok = False
+            qs.append(t)
+            fr.append(rm)
+        if not ok:
+            m32, m16 = memoryview(blk), memoryview(b16)
+            for b in range(0, n * d, d):
+                _py.upd_a(m32[b:b + d], m16[b:b + d], X, E[q], d, sh, refresh, sx)
+                q += 1
+            continue
+        q += n
+        if not anye and not refresh:
+            continue
+        w16 = np.frombuffer(blk, dtype=np.int16).reshape((n, 2 * d))
+        H = w16[:, 1::2]
+        if anye:
+            if x is None:
+                x = np.frombuffer(X, dtype=np.int8, count=d)
+            P0 = x * _col([t & 255 for t in qs], n)
+            if anyf:  # F, digit by digit from the lowest; the last adds the rounding half
+                k = (sh + 7) >> 3
+                F = None
+                for m in range(k):
+                    T = x * _col([((rm << (8 * k - sh)) >> (8 * m)) & 255 for rm in fr], n)
+                    if F is not None:
+                        T += F
+                    if m == k - 1:
+                        T += 128
+                    F = np.right_shift(T, 8)
+                P0 += F
+            P1 = x * _col([(t >> 8) & 255 for t in qs], n)
+            P2 = x * _col([t >> 16 for t in qs], n)
+            Dl = np.left_shift(P1, 8)
+            Dl += P0
+            Dlu = np.frombuffer(Dl, dtype=np.uint16).reshape((n, d))
+            # Dh = x q2 + (x q1 >> 8) + carry of (x q1 & 255) 256 + P0 into the high half:
+            # 1 where Dl wrapped below P0's unsigned value, -1 for a negative P0
+            P2 += np.right_shift(P1, 8)
+            P2 += Dlu < np.frombuffer(P0, dtype=np.uint16).reshape((n, d))
+            P2 += np.right_shift(P0, 15)
+            Lu = np.frombuffer(blk, dtype=np.uint16).reshape((n, 2 * d))[:, 0::2]
+            bw = Lu < Dlu
+            Lu -= Dlu
+            H -= P2
+            H -= bw
+            if np.max(H) > 16383 or np.min(H) < -16383:
+                for k in range(n * d):  # |A32 - D| < 2**31: the int32 read is the true value
+                    v = blk[k]
+                    if v > LIM:
+                        blk[k] = LIM
+                    elif v < -LIM:
+                        blk[k] = -LIM
+        if refresh:
+            a16 = np.frombuffer(b16, dtype=np.int16).reshape((n, d))
+            a16[:] = H
+            a16 -= np.right_shift(w16[:, 0::2], 15)

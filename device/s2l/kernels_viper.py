@@ -384,3 +384,129 @@ def dot_a16x8(A: ptr16, X: ptr8, d: int, ps: int) -> int:
         acc += c
         k0 = k1
     return acc
+
+
+@micropython.viper
+def adapter_u_rows(A16, X: ptr8, d: int, ps: int, sh: int, U: ptr16, r: int):
+    # adapter_u of every rank row in one call: A16 is a list of blocks of whole rows (one row,
+    # or all r rows of a short one: fixedpath.FixedPath), U[q] the q-th row's u
+    q = 0
+    nb = int(len(A16))
+    b = 0
+    while b < nb:
+        blk = A16[b]
+        A = ptr16(blk)
+        end = int(len(blk))
+        base = 0
+        while base < end:
+            acc = 0
+            k0 = 0
+            while k0 < d:
+                k1 = k0 + 512
+                if k1 > d:
+                    k1 = d
+                c = 0
+                k = k0
+                while k < k1:
+                    a = A[base + k]
+                    x = X[k]
+                    c += ((a ^ 0x8000) - 0x8000) * ((x ^ 0x80) - 0x80)
+                    k += 1
+                if ps > 0:
+                    c = (c + (1 << (ps - 1))) >> ps
+                acc += c
+                k0 = k1
+            if sh > 0:
+                acc = ((acc >> (sh - 1)) + 1) >> 1
+            elif sh < 0:
+                if acc > 32767:
+                    acc = 32767
+                elif acc < -32767:
+                    acc = -32767
+                acc = acc << (0 - sh)
+            if acc > 32767:
+                acc = 32767
+            elif acc < -32767:
+                acc = -32767
+            U[q] = acc
+            q += 1
+            base += d
+        b += 1
+
+
+@micropython.viper
+def upd_a_rows(A32, A16, X: ptr8, E: ptr32, d: int, sh: int, refresh: int, r: int, sx: int):
+    # upd_a of every rank row in one call, row q with the step E[q]; A32 and A16 are lists of
+    # blocks of whole rows as in adapter_u_rows. The same three loops as upd_a, with the
+    # row's offset in its block.
+    q = 0
+    nb = int(len(A32))
+    b = 0
+    lim = 0x3FFFFFFF
+    if sh <= 0:
+        lim = 0x3FFFFFFF >> (0 - sh)
+    while b < nb:
+        blk = A32[b]
+        P32 = ptr32(blk)
+        P16 = ptr16(A16[b])
+        end = int(len(blk))
+        base = 0
+        while base < end:
+            e = E[q]
+            e = (e << sx) >> sx
+            q += 1
+            if e == 0 and refresh == 0:
+                base += d
+                continue
+            k = 0
+            if sh > 30:
+                s1 = sh - 1
+                while k < d:
+                    x = X[k]
+                    p = (((e * ((x ^ 0x80) - 0x80)) >> s1) + 1) >> 1
+                    v = P32[base + k]
+                    v = ((v << sx) >> sx) - p
+                    if v > 0x3FFFFFFF:
+                        v = 0x3FFFFFFF
+                    elif v < -0x3FFFFFFF:
+                        v = -0x3FFFFFFF
+                    P32[base + k] = v
+                    if refresh:
+                        P16[base + k] = (v + 32768) >> 16
+                    k += 1
+            elif sh > 0:
+                half = 1 << (sh - 1)
+                while k < d:
+                    x = X[k]
+                    p = (e * ((x ^ 0x80) - 0x80) + half) >> sh
+                    v = P32[base + k]
+                    v = ((v << sx) >> sx) - p
+                    if v > 0x3FFFFFFF:
+                        v = 0x3FFFFFFF
+                    elif v < -0x3FFFFFFF:
+                        v = -0x3FFFFFFF
+                    P32[base + k] = v
+                    if refresh:
+                        P16[base + k] = (v + 32768) >> 16
+                    k += 1
+            else:
+                while k < d:
+                    x = X[k]
+                    p = e * ((x ^ 0x80) - 0x80)
+                    if p > lim:
+                        p = lim
+                    elif p < 0 - lim:
+                        p = 0 - lim
+                    p = p << (0 - sh)
+                    v = P32[base + k]
+                    v = ((v << sx) >> sx) - p
+                    if v > 0x3FFFFFFF:
+                        v = 0x3FFFFFFF
+                    elif v < -0x3FFFFFFF:
+                        v = -0x3FFFFFFF
+                    P32[base + k] = v
+                    if refresh:
+                        P16[base + k] = (v + 32768) >> 16
+                    k += 1
+            base += d
+        b += 1
