@@ -15,8 +15,8 @@
 # kernels.py falls back to viper.
 import micropython
 from .kernels_viper import dense_q16 as _dense_viper
-from .kernels_viper import (adapter_u, absmax_f32, bg, dot_a16x8, logits_bu, quant_f32,
-                            requant8, to_f32, upd_a, upd_b)
+from .kernels_viper import (absmax_f32, bg, dot_a16x8, logits_bu, quant_f32, requant8,
+                            to_f32, upd_b)
 
 NAME = "thumb"
 
@@ -126,3 +126,206 @@ def _out_q16(OUT: ptr32, j0: int, nr: int, M: ptr32, N: ptr8, BETA: ptr32, sx: i
             v = -0x3FFFFFFF
         OUT[j] = v
         j += 1
+
+
+@micropython.asm_thumb
+def _adapter_u(r0, r1, r2, r3):
+    # r0 A (d int16), r1 X (d int8), r2 d >= 1, r3 = ps | (sh + 16) << 4: kernels_viper's
+    # adapter_u. Chunks of 512: X and A advance to each chunk's end, the index runs from -n.
+    mov(r4, 0)              # the row's sum
+    label(chunk)
+    mov(r6, 1)
+    lsl(r6, r6, 9)          # 512
+    cmp(r2, r6)
+    bge(full)
+    mov(r6, r2)
+    label(full)
+    sub(r2, r2, r6)         # what is left after this chunk
+    mov(r12, r2)
+    add(r1, r1, r6)
+    add(r0, r0, r6)
+    add(r0, r0, r6)
+    neg(r6, r6)
+    mov(r5, 0)              # the chunk's sum
+    label(inner)
+    lsl(r7, r6, 1)
+    data(2, 0x5FC7)         # ldrsh r7, [r0, r7]
+    data(2, 0x578A)         # ldrsb r2, [r1, r6]
+    mul(r7, r2)
+    add(r5, r5, r7)
+    add(r6, r6, 1)
+    bne(inner)
+    mov(r2, r12)
+    lsl(r7, r3, 28)
+    lsr(r7, r7, 28)         # ps
+    beq(noshift)
+    sub(r7, 1)              # round half up: ((c >> (ps - 1)) + 1) >> 1
+    asr(r5, r7)
+    add(r5, 1)
+    asr(r5, r5, 1)
+    label(noshift)
+    add(r4, r4, r5)
+    cmp(r2, 0)
+    bgt(chunk)
+    mov(r6, 0x7F)
+    lsl(r6, r6, 8)
+    add(r6, 0xFF)           # 32767
+    lsr(r7, r3, 4)
+    sub(r7, 16)             # sh
+    ble(notpos)
+    sub(r7, 1)              # ((acc >> (sh - 1)) + 1) >> 1 (a shift of 32 or more fills signs)
+    asr(r4, r7)
+    add(r4, 1)
+    asr(r4, r4, 1)
+    b(clamp)
+    label(notpos)
+    beq(clamp)
+    cmp(r4, r6)             # sh < 0: saturate, then shift left
+    ble(lo1)
+    mov(r4, r6)
+    label(lo1)
+    neg(r5, r6)
+    cmp(r4, r5)
+    bge(hi1)
+    mov(r4, r5)
+    label(hi1)
+    neg(r7, r7)
+    lsl(r4, r7)
+    label(clamp)
+    cmp(r4, r6)
+    ble(lo2)
+    mov(r4, r6)
+    label(lo2)
+    neg(r5, r6)
+    cmp(r4, r5)
+    bge(hi2)
+    mov(r4, r5)
+    label(hi2)
+    mov(r0, r4)
+
+
+def adapter_u(A, X, d, ps, sh):
+    # one row of A: sat16(round((sum_k A[k] X[k], chunks of 512 pre-shifted by ps) / 2**sh))
+    return _adapter_u(A, X, d, ps | ((sh + 16) << 4))
+
+
+@micropython.asm_thumb
+def _upd_a(r0, r1, r2, r3):
+    # r0 A32, r1 A16, r2 X (int8), r3 P = [e, d, sh, refresh] (int32): kernels_viper's upd_a
+    # for d >= 1. Pointers advance by one element; r12 holds LIM, r8 the refresh flag (saved).
+    mov(r7, r8)
+    push({r7})
+    ldr(r7, [r3, 12])
+    mov(r8, r7)             # refresh
+    ldr(r4, [r3, 4])        # d
+    ldr(r5, [r3, 8])        # sh
+    ldr(r3, [r3, 0])        # e
+    mov(r7, 1)
+    lsl(r7, r7, 30)
+    sub(r7, 1)
+    mov(r12, r7)            # LIM = 0x3FFFFFFF
+    cmp(r5, 0)
+    ble(nonpos)
+    sub(r5, 1)              # sh > 0: p = ((e x >> (sh - 1)) + 1) >> 1, as (e x + 2**(sh-1)) >> sh
+    label(pos)
+    ldrb(r6, [r2, 0])
+    data(2, 0xB276)         # sxtb r6, r6
+    mul(r6, r3)
+    asr(r6, r5)
+    add(r6, 1)
+    asr(r6, r6, 1)
+    ldr(r7, [r0, 0])
+    sub(r7, r7, r6)         # v = A32 - p, saturated to +-LIM
+    mov(r6, r12)
+    cmp(r7, r6)
+    ble(p1)
+    mov(r7, r6)
+    label(p1)
+    neg(r6, r6)
+    cmp(r7, r6)
+    bge(p2)
+    mov(r7, r6)
+    label(p2)
+    str(r7, [r0, 0])
+    mov(r6, r8)
+    cmp(r6, 0)
+    beq(p3)
+    mov(r6, 1)
+    lsl(r6, r6, 15)
+    add(r6, r6, r7)
+    asr(r6, r6, 16)
+    strh(r6, [r1, 0])
+    label(p3)
+    add(r0, 4)
+    add(r1, 2)
+    add(r2, 1)
+    sub(r4, 1)
+    bne(pos)
+    b(done)
+    label(nonpos)
+    neg(r5, r5)             # sh <= 0: p = clamp(e x, LIM >> -sh) << -sh
+    label(neg)
+    ldrb(r6, [r2, 0])
+    data(2, 0xB276)         # sxtb r6, r6
+    mul(r6, r3)
+    mov(r7, r12)
+    lsr(r7, r5)
+    cmp(r6, r7)
+    ble(n1)
+    mov(r6, r7)
+    label(n1)
+    neg(r7, r7)
+    cmp(r6, r7)
+    bge(n2)
+    mov(r6, r7)
+    label(n2)
+    lsl(r6, r5)
+    ldr(r7, [r0, 0])
+    sub(r7, r7, r6)
+    mov(r6, r12)
+    cmp(r7, r6)
+    ble(n3)
+    mov(r7, r6)
+    label(n3)
+    neg(r6, r6)
+    cmp(r7, r6)
+    bge(n4)
+    mov(r7, r6)
+    label(n4)
+    str(r7, [r0, 0])
+    mov(r6, r8)
+    cmp(r6, 0)
+    beq(n5)
+    mov(r6, 1)
+    lsl(r6, r6, 15)
+    add(r6, r6, r7)
+    asr(r6, r6, 16)
+    strh(r6, [r1, 0])
+    label(n5)
+    add(r0, 4)
+    add(r1, 2)
+    add(r2, 1)
+    sub(r4, 1)
+    bne(neg)
+    label(done)
+    pop({r7})
+    mov(r8, r7)
+
+
+_P = bytearray(16)  # upd_a's e, d, sh, refresh as int32, for _upd_a's fourth register
+
+
+def upd_a(A32, A16, X, e, d, sh, refresh, sx):
+    # one row: A32[k] = sat30(A32[k] - round(e X[k] / 2**sh)); if refresh: A16 = round(A32 / 2**16)
+    if (e == 0 and refresh == 0) or d < 1:
+        return
+    _params(_P, e, d, sh, refresh)
+    _upd_a(A32, A16, X, _P)
+
+
+@micropython.viper
+def _params(P: ptr32, a: int, b: int, c: int, d: int):
+    P[0] = a
+    P[1] = b
+    P[2] = c
+    P[3] = d
