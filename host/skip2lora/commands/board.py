@@ -5,15 +5,23 @@ image file; `cortex-m0plus` and `cortex-m4f` run real Cortex-M firmware under QE
 disk saved to the image on stop; `circuitpython` runs the CircuitPython unix port as a board
 (no viper, no time.ticks_*, a FAT drive in the image). See skip2lora.board.virtual and docs/virtual-board.md. While a
 board runs, its port is the default PORT of every command that talks to a board.
+
+`--count N` runs N boards of one kind side by side, each in a run dir of its own (the first is
+the run dir, the others its sub-folders board2, board3, ...: base.slot_dir), so a fleet of
+virtual boards stands in for a room of real ones; `status` lists them all and `stop` stops
+them all, or the one on --port. `status --port` asks a board itself, real or virtual.
 """
 import time
 from pathlib import Path
 
-from skip2lora.board import virtual
+from skip2lora.board import fleet, virtual
+from skip2lora.board.identity import board_facts
+from skip2lora.board.link import BoardLink
 from skip2lora.board.virtual import base
 from skip2lora.board.virtual.images import BLOCK_SIZE, image_usage
 from skip2lora.board.virtual.qemu import MACHINES as QEMU_KINDS
 from skip2lora.board.virtual.unix import DEFAULT_FLASH, DEFAULT_HEAP
+from skip2lora.commands.common import add_port_argument
 from skip2lora.errors import UserError
 
 
@@ -46,9 +54,19 @@ def register(subparsers):
                        help=f"unix and circuitpython kinds: size of a new image (default: "
                             f"{base.format_size(DEFAULT_FLASH)}; an existing image keeps its "
                             "size)")
-    actions.add_parser("stop", help="stop the virtual board (the image stays)")
-    actions.add_parser("status", help="say whether it runs, its kind, port, image, heap and "
-                                      "flash use (exit status 0 if running, 1 if not)")
+    start.add_argument("--count", type=int, default=None, metavar="N",
+                       help="run N boards of this kind (and heap), each with its own port and "
+                            "image: those already running count, the others start beside "
+                            "them")
+    stop = actions.add_parser("stop", help="stop every virtual board, or the one on --port "
+                                           "(the images stay)")
+    add_port_argument(stop, help="the port of the virtual board to stop (once per board; "
+                                 "default: stop them all)")
+    status = actions.add_parser("status", help="say whether they run, their kind, port, image, "
+                                               "heap and flash use (exit status 0 if one runs, 1 "
+                                               "if none); with --port, ask the board itself")
+    add_port_argument(status, help="ask the board on PORT (real or virtual) what it is and its "
+                                   "unique id; once per board")
     parser.set_defaults(run=run)
 
 
@@ -57,8 +75,12 @@ def run(args):
     if action == "start":
         return _start(args)
     if action == "stop":
-        return _stop()
+        return _stop(args.port)
     if action == "status":
+        if args.port and fleet.several(args.port):
+            return fleet.run_fleet(args.port, _ask, "board status")
+        if args.port:
+            return _ask(args.port[0])
         return _status()
     raise UserError(f"unknown board action {action!r}: use start, stop or status")
 
@@ -71,6 +93,8 @@ def _home(path):
 
 def _start(args):
     run_dir = base.default_run_dir().resolve()
+    if args.count is not None:
+        return _start_count(args, run_dir)
     board = virtual.VirtualBoard(args.image, kind=args.emulate, heap=args.heap, flash=args.flash,
                                  run_dir=run_dir, detach=True)
     state = base.read_state(run_dir)
@@ -79,8 +103,8 @@ def _start(args):
                                                                    board.heap):
             raise UserError(f"a {state['kind']} virtual board is already running with image "
                             f"{state['image']} and heap {base.format_size(state['heap'])}: run "
-                            "`skip2lora board stop` first, or set SKIP2LORA_RUN_DIR to run "
-                            "another board beside it")
+                            "`skip2lora board stop` first, or add --count 1 to run one like "
+                            "this beside it")
         print(f"virtual board already running on {state['port']}")
         print(state["port"])
         return 0
@@ -93,25 +117,83 @@ def _start(args):
     return 0
 
 
-def _stop():
-    state = base.stop()
-    if state is None:
+def _start_count(args, run_dir):
+    """--count N: N boards like this one running, counting those that already run."""
+    if args.count < 1:
+        raise UserError(f"--count {args.count}: give 1 or more boards")
+    if args.image and args.count > 1:
+        raise UserError("--image names one board's image: give it with --count 1, or leave it "
+                        "out (each board keeps its own image in its run dir)")
+    like = virtual.VirtualBoard(args.image, kind=args.emulate, heap=args.heap, flash=args.flash,
+                                run_dir=run_dir, detach=True)
+    running = [state for _, _, state in base.running_boards(run_dir)
+               if (state["kind"], state["heap"]) == (like.kind, like.heap)
+               and (not args.image or Path(state["image"]) == like.image)]
+    ports = []
+    for state in running[:args.count]:
+        print(f"virtual {state['kind']} board already running on {state['port']}")
+        ports.append(state["port"])
+    for slot in base.free_slots(run_dir, args.count - len(ports)):
+        board = virtual.VirtualBoard(args.image, kind=args.emulate, heap=args.heap,
+                                     flash=args.flash, run_dir=base.slot_dir(run_dir, slot),
+                                     detach=True)
+        began = time.monotonic()
+        board.start()
+        print(f"virtual {board.kind} board started in {time.monotonic() - began:.2f} s: "
+              f"{board.describe()}")
+        ports.append(board.port)
+    print(f"use: skip2lora flash|finetune|pull {' '.join('--port ' + p for p in ports)}")
+    for port in ports:
+        print(port)
+    return 0
+
+
+def _stop(ports=None):
+    """Stop the boards on `ports`, or every running one."""
+    run_dir = base.default_run_dir()
+    boards = [base.find_board(port, run_dir) for port in ports] if ports else \
+        base.running_boards(run_dir)
+    if not boards:
         print("virtual board: not running")
-    else:
-        print(f"virtual {state['kind']} board stopped (image {state['image']})")
+    for _, slot_dir, _ in boards:
+        state = base.stop(slot_dir)
+        if state is not None:
+            print(f"virtual {state['kind']} board stopped (image {state['image']})")
+    return 0
+
+
+def _ask(port):
+    """`board status --port`: the board itself says what it is and its unique id."""
+    with fleet.track(BoardLink(port)) as link:
+        facts = board_facts(link)
+    print(f"board: {facts['board']}")
+    print(f"id:    {facts['unique_id']}")
+    where = facts.get("virtual")
+    print(f"port:  {facts['port']}" + (f" (virtual {where['kind']} board, image "
+                                       f"{where['image']})" if where else ""))
     return 0
 
 
 def _status():
     run_dir = base.default_run_dir()
-    state = base.read_state(run_dir)
-    if state is None:
-        print("virtual board: stopped")
-        image = run_dir / "flash.img"
-        if image.exists():
-            print(f"image: {image}")
-            print(f"flash: {_usage(image, 'unix')}")
-        return 1
+    boards = base.running_boards(run_dir)
+    if len(boards) > 1:
+        print(f"{len(boards)} virtual boards running:")
+        for _, slot_dir, state in boards:
+            print()
+            _status_one(slot_dir, state)
+        return 0
+    if boards:
+        return _status_one(boards[0][1], boards[0][2])
+    print("virtual board: stopped")
+    image = run_dir / "flash.img"
+    if image.exists():
+        print(f"image: {image}")
+        print(f"flash: {_usage(image, 'unix')}")
+    return 1
+
+
+def _status_one(run_dir, state):
     uptime = int(time.time() - state["started"])
     print(f"virtual board: running (pid {state['pid']}, up {uptime // 60}m{uptime % 60:02d}s)")
     print(f"kind:  {_kind(state)}")

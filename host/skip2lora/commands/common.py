@@ -4,10 +4,13 @@ from dataclasses import MISSING, fields
 from skip2lora.board.budget import DEFAULT_SAMPLES, DEFAULT_SAMPLES_WHY
 
 
-def add_port_argument(parser):
-    parser.add_argument("--port", "-p", default=None,
-                        help="serial port of the board, e.g. /dev/ttyACM0 (default: the running "
-                             "virtual board, see `skip2lora board start`)")
+def add_port_argument(parser, help=None):
+    """--port, given once per board: a list of ports in args.port (None when not given); more
+    than one runs the command on every board at once (skip2lora.board.fleet)."""
+    parser.add_argument("--port", "-p", action="append", default=None, metavar="PORT",
+                        help=help or "serial port of the board, e.g. /dev/ttyACM0 (default: the "
+                                     "running virtual board, see `skip2lora board start`); give "
+                                     "it once per board to work on several boards at once")
 
 
 def add_samples_argument(parser):

@@ -10,10 +10,12 @@ them again, but in its API's words (momentum, resume=False) and only once the da
 What the board reports in `S2L` lines (what it trains with, a divergence, running out of heap, a
 refused resume) comes out as one line in the CLI's options too.
 """
+import argparse
 import math
 import sys
 from pathlib import Path
 
+from skip2lora.board import fleet
 from skip2lora.board.link import (BOARD_ADAPTERS, BOARD_CACHE, BOARD_DATASET, BOARD_MODEL,
                                   BoardError, BoardInterrupted, BoardLink, parse_progress, sha256)
 from skip2lora.commands.common import add_config_arguments, add_port_argument
@@ -39,8 +41,11 @@ def register(subparsers):
                     "the last column; or .s2ld), then fine-tune the model on the board with "
                     "progress shown per epoch. Ctrl-C stops the board cleanly and keeps the "
                     "adapters of the last finished epoch. Give ':PATH' for a dataset already "
-                    "on the board.")
-    parser.add_argument("--data", required=True, help="DATA.npz, DATA.csv, DATA.s2ld or :BOARD_PATH")
+                    "on the board. With several --port every board trains at once, on the one "
+                    "--data or on one --data per --port.")
+    parser.add_argument("--data", required=True, action="append",
+                        help="DATA.npz, DATA.csv, DATA.s2ld or :BOARD_PATH (once for every "
+                             "board, or once per --port in the same order)")
     add_port_argument(parser)
     parser.add_argument("--model", default=None,
                         help="the .s2lm that was flashed, to check the data against it before "
@@ -155,7 +160,7 @@ def lr_for_board(args, model, model_name, dataset=None, log=print):
     cfg = FinetuneConfig(method=args.method, rank=args.rank or model.rank,
                          batch_size=args.batch_size, seed=args.seed, targets=targets)
     bar = None
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and fleet.current() is None:
         from tqdm import tqdm
 
         bar = tqdm(total=len(LR_GRID), unit="lr", desc="choosing lr on the host", leave=False)
@@ -255,14 +260,16 @@ class Progress:
         self.diverged = None  # the `S2L diverged=` record
         self.error = None  # an `S2L error=` record (memory)
         self.bar = None
+        self.worker = fleet.current()  # in a fleet: one bar per board, named by its port
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=epochs, unit="epoch", desc="fine-tuning on the board",
-                            dynamic_ncols=True)
+            self.bar = tqdm(total=epochs, unit="epoch", dynamic_ncols=True,
+                            desc=self.worker.port if self.worker else "fine-tuning on the board",
+                            position=self.worker.position if self.worker else None)
 
     def say(self, text):
-        if self.bar is not None:
+        if self.bar is not None and self.worker is None:  # a fleet's lines go via its router
             self.bar.write(text)
         else:
             print(text, flush=True)
@@ -319,10 +326,30 @@ class Progress:
 def run(args):
     check_options(args)
     model_name = args.model or f"{BOARD_MODEL} on the board"
+    model = None
     if args.model:
         model = read_model(args.model)
         check_against_model(args, model, model_name)
-    with BoardLink(args.port) as link:
+    if fleet.several(args.port):
+        data = dict(zip(args.port, fleet.per_port(args.data, args.port, "--data")))
+
+        def one(port):
+            mine = argparse.Namespace(**vars(args))
+            mine.port, mine.data = port, data[port]
+            return finetune_board(mine, model, model_name)
+
+        return fleet.run_fleet(args.port, one, "finetune")
+    if len(args.data) > 1:
+        raise UserError(f"--data is given {len(args.data)} times for one board: give it once, "
+                        f"or give one --port per --data")
+    args.port, args.data = fleet.single(args.port), args.data[0]
+    return finetune_board(args, model, model_name)
+
+
+def finetune_board(args, model, model_name):
+    """Fine-tune one board (args.port, args.data one each); model: the --model read on the
+    host, or None to read the board's. A fleet runs this once per board."""
+    with fleet.track(BoardLink(args.port)) as link:
         if args.model:
             on_board = link.file_sha256(BOARD_MODEL)
             if on_board != sha256(Path(args.model).read_bytes()):
@@ -393,6 +420,8 @@ def run(args):
     if progress.records:
         last = progress.records[-1]
         total_ms = sum(r["ms"] for r in progress.records)
+        fleet.record(epochs=last["epoch"], loss=last["loss"], accuracy=last["acc"],
+                     board_s=total_ms / 1000)
         print(f"done: epoch {last['epoch']}, loss {last['loss']:.4f}, train accuracy "
               f"{100 * last['acc']:.1f} %, {total_ms / 1000:.1f} s on the board; adapters in "
               f"{BOARD_ADAPTERS} (fetch with `skip2lora pull`)")

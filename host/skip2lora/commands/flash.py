@@ -1,7 +1,7 @@
 """`skip2lora flash`: put the device package, a compiled model and the board config on a board."""
 import time
 
-from skip2lora.board import deploy
+from skip2lora.board import deploy, fleet
 from skip2lora.commands.common import add_port_argument, add_samples_argument
 from skip2lora.board.profiles import Board, get_board
 from skip2lora.board.budget import estimate
@@ -41,8 +41,15 @@ def run(args):
     if args.samples < 1:
         raise UserError(f"--samples {args.samples} must be at least 1")
     model = read_model(args.model)
+    if fleet.several(args.port):
+        return fleet.run_fleet(args.port, lambda port: flash_board(args, model, port), "flash")
+    return flash_board(args, model, fleet.single(args.port))
+
+
+def flash_board(args, model, port):
+    """Flash one board (a fleet runs this once per --port)."""
     started = time.time()
-    with BoardLink(args.port) as link:
+    with fleet.track(BoardLink(port)) as link:
         info = link.info()
         print(f"board: {info.describe()}")
         print(deploy.describe_board_config(link))
@@ -64,6 +71,7 @@ def run(args):
                     deploy.config_upload(args.model, args.board or "connected",
                                          {"rank": model.rank, "alpha": model.alpha})]
         written, skipped = deploy.sync(link, uploads)
+    fleet.record(board_s=time.time() - started)
     print(f"flashed {link.port}: {written} written, {skipped} unchanged, all verified by sha256 "
           f"({time.time() - started:.1f} s)")
     return 0

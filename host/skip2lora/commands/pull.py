@@ -1,6 +1,8 @@
 """`skip2lora pull`: bring the board's trained adapters home, checked, in .s2la and PEFT form."""
 from pathlib import Path
 
+from skip2lora.board import fleet
+from skip2lora.board.identity import board_facts
 from skip2lora.commands.common import add_port_argument
 from skip2lora.errors import UserError
 from skip2lora.model.formats import write_atomic, read_adapters
@@ -13,15 +15,28 @@ def register(subparsers):
         "pull", help="fetch the trained adapters from the board",
         description="Copy the adapters the board trained, check their CRC and that they belong "
                     "to the model on the board, and write adapters.s2la, adapter_config.json and "
-                    "adapter_model.safetensors (PEFT-style key names) into DIR.")
+                    "adapter_model.safetensors (PEFT-style key names) into DIR. With several "
+                    "--port, one sub-folder of DIR per board, named by the board's unique id, "
+                    "with the port and board facts in adapter_config.json.")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write")
     add_port_argument(parser)
     parser.set_defaults(run=run)
 
 
 def run(args):
-    out = Path(args.output)
-    with BoardLink(args.port) as link:
+    if fleet.several(args.port):
+        return fleet.run_fleet(args.port, lambda port: pull_board(Path(args.output), port,
+                                                                  per_board=True), "pull")
+    return pull_board(Path(args.output), fleet.single(args.port))
+
+
+def pull_board(out, port, per_board=False):
+    """Pull one board's adapters into out, or with per_board into out/<its unique id>."""
+    board = None
+    with fleet.track(BoardLink(port)) as link:
+        if per_board:
+            board = board_facts(link)
+            out = out / board["unique_id"]
         raw = link.read_file(BOARD_ADAPTERS, missing="the board holds no trained adapters yet: "
                                                      "run `skip2lora finetune` first")
         try:
@@ -39,7 +54,8 @@ def run(args):
         write_atomic(out / "adapters.s2la", raw)
     except OSError as exc:
         raise UserError(f"cannot write the adapters: {exc.strerror or exc}", out) from None
-    write_peft_dir(adapters, out)
+    write_peft_dir(adapters, out, board=board)
+    fleet.record(epochs=adapters.epochs_done)
     n_values = sum(a.A.size + a.B.size for a in adapters.adapters)
     print(f"pulled {adapters.method} adapters: {len(adapters.adapters)} adapters, rank "
           f"{adapters.rank}, {n_values:,} values, {adapters.epochs_done} epochs, CRC ok")

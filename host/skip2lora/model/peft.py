@@ -74,8 +74,9 @@ def _check_writable(af):
         raise UserError(f"unknown method {af.method!r}; one of {', '.join(METHOD_CODES)}")
 
 
-def peft_config(af, base_model=None):
-    """The adapter_config.json contents for an AdapterFile."""
+def peft_config(af, base_model=None, board=None):
+    """The adapter_config.json contents for an AdapterFile; board: the facts of the board that
+    trained it (port, unique id, what it is), kept in the skip2lora section when given."""
     modules = []
     for a in af.adapters:
         if module_name(a.layer) not in modules:
@@ -110,6 +111,7 @@ def peft_config(af, base_model=None):
                              KIND_DELTA: f"{module_name(a.layer)}.weight"}[a.kind],
                  "keys": list(tensor_keys(a.layer, a.kind))}
                 for a in af.adapters],
+            **({} if board is None else {"board": board}),
         },
     }
 
@@ -127,11 +129,12 @@ def peft_tensors(af):
     return tensors
 
 
-def write_peft_dir(af, directory, base_model=None):
+def write_peft_dir(af, directory, base_model=None, board=None):
     """Write af as adapter_config.json + adapter_model.safetensors in directory (created).
 
     base_model: the name of the .s2lm the adapters belong to, recorded in the config. The
-    weights are written first and the config last, each atomically. Returns the two paths.
+    weights are written first and the config last, each atomically; board: as peft_config's.
+    Returns the two paths.
     """
     st = _safetensors_numpy()
     _check_writable(af)
@@ -146,7 +149,7 @@ def write_peft_dir(af, directory, base_model=None):
         metadata = {"format": "pt", "skip2lora_method": af.method,
                     "skip2lora_model_crc": f"0x{af.model_crc:08x}"}
         write_atomic(weights, st.save(peft_tensors(af), metadata))
-        text = json.dumps(peft_config(af, base_model), indent=2) + "\n"
+        text = json.dumps(peft_config(af, base_model, board), indent=2) + "\n"
         write_atomic(config, text.encode("utf-8"))
     except OSError as exc:
         raise UserError(f"cannot write the PEFT files: {exc.strerror or exc}", directory) from None

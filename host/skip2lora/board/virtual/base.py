@@ -141,12 +141,63 @@ def point_link(run_dir, pts):
     return link
 
 
+SLOT_PREFIX = "board"  # <run dir>/board2, board3, ...: the run dirs of a fleet's other boards
+
+
+def slot_dir(run_dir, slot):
+    """The run dir of virtual board number `slot`: 1 is the run dir itself (the board every
+    command uses by default), 2 and on are sub-folders, each with its own port, state, log and
+    default image."""
+    run_dir = Path(run_dir)
+    return run_dir if slot == 1 else run_dir / f"{SLOT_PREFIX}{slot}"
+
+
+def running_boards(run_dir=None):
+    """[(slot, its run dir, state)] of every virtual board running from run_dir, by slot."""
+    run_dir = Path(run_dir) if run_dir else default_run_dir()
+    slots = [1] + sorted(int(p.name[len(SLOT_PREFIX):]) for p in run_dir.glob(SLOT_PREFIX + "*")
+                         if p.name[len(SLOT_PREFIX):].isdigit() and p.is_dir())
+    found = []
+    for slot in slots:
+        state = read_state(slot_dir(run_dir, slot))
+        if state is not None:
+            found.append((slot, slot_dir(run_dir, slot), state))
+    return found
+
+
+def free_slots(run_dir, count):
+    """The first `count` slot numbers with no board running."""
+    taken = {slot for slot, _, _ in running_boards(run_dir)}
+    free, slot = [], 1
+    while len(free) < count:
+        if slot not in taken:
+            free.append(slot)
+        slot += 1
+    return free
+
+
+def find_board(port, run_dir=None):
+    """(slot, run dir, state) of the running virtual board on `port` (its link or pty)."""
+    want = Path(port).expanduser().resolve()
+    for found in running_boards(run_dir):
+        state = found[2]
+        if want in (Path(state["port"]).resolve(), Path(state.get("pts", state["port"]))):
+            return found
+    raise UserError(f"no running virtual board is on {port}: `skip2lora board status` lists "
+                    f"their ports")
+
+
 def default_port(run_dir=None):
     """The port of the running virtual board, for commands given no --port.
 
     Raises UserError telling the user to start one (or to name a real board) when none runs.
     """
     state = read_state(run_dir)
+    others = running_boards(run_dir) if state is None else []
+    if others:
+        raise UserError(f"no board port given and the first virtual board is not running: give "
+                        f"--port, e.g. --port {others[0][2]['port']} (`skip2lora board status` "
+                        f"lists the running boards)")
     if state is None:
         raise UserError("no board port given and no virtual board is running: "
                         "run `skip2lora board start` or pass --port PORT (e.g. /dev/ttyACM0)")
