@@ -821,3 +821,121 @@ def test_viper_kernels_equal_checked_twin(tmp_path, kind, backend):
         want = _checked(i)
         assert g["ret"] == want["ret"], (name, g["ret"], want["ret"])
         assert g["outs"] == [rle(o) for o in want["outs"]], name
+
+
+# ---- the row-block kernels (adapter_u_rows, upd_a_rows): all rank rows of an adapter in one
+# call, over blocks of whole rows (fixedpath.FixedPath). Their statement is the row kernel on
+# each row, so the expected values are kernels_py's checked row kernels, row by row; the
+# worst rows above, mixed in one call (rows of both signs in one block, steps of both signs).
+def _row_cases():
+    out = []
+    for d, k in ((8, 4), (64, 4), (512, 1), (513, 1)):
+        r = 4
+        for sh in (SHA_RANGE[0], -3, 1, 31, SHA_RANGE[1]):
+            for x in (-128, 127):
+                A = [[LIM if q % 2 else -LIM] * d for q in range(r)]
+                E = [E_MAX, -E_MAX, -E_MAX, E_MAX]
+                out.append(("upd_a_rows", A, [[0] * d for _ in range(r)], [x] * d, E, d, sh, r, k))
+        for sh in (SHU_RANGE[0], 0, 10, 31, SHU_RANGE[1]):
+            A16 = [[A16_MAX if q % 2 else -A16_MAX] * d for q in range(r)]
+            out.append(("adapter_u_rows", A16, None, [-128] * d, None, d, sh, r, k))
+    return out
+
+
+ROW_CASES = _row_cases()
+
+
+def row_case_expected(case):
+    """The rows after the call (A32 and A16 for upd_a_rows, U for adapter_u_rows), from the
+    checked kernels_py row kernels."""
+    name, A, A16, X, E, d, sh, r, k = case
+    if name == "upd_a_rows":
+        outs32, outs16 = [], []
+        for q in range(r):
+            res = _run_py("upd_a", [A[q], A16[q], X, E[q], d, sh, 1, 0])
+            outs32.append(res["outs"][0])
+            outs16.append(res["outs"][1])
+        return {"A32": outs32, "A16": outs16}
+    return {"U": [_run_py("adapter_u", [A[q], X, d, _ps(d), sh])["ret"] for q in range(r)]}
+
+
+def row_cases_file(path):
+    """cases.jsonl for ROWS: the blocks as runs [[value, count], ...]."""
+    lines = []
+    for name, A, A16, X, E, d, sh, r, k in ROW_CASES:
+        blocks = [sum(A[q:q + k], []) for q in range(0, r, k)]
+        b16 = [sum(A16[q:q + k], []) for q in range(0, r, k)] if A16 else None
+        lines.append(json.dumps([name, [rle(b) for b in blocks], b16 and [rle(b) for b in b16],
+                                 rle(X), E, d, sh, r]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+ROWS = RLE + r"""
+from array import array
+from s2l import kernels
+K = kernels.get(BACKEND)
+from s2l.kernels import SX
+
+
+def unrle(t, runs):
+    a = array(t, [0] * sum(c for _, c in runs))
+    i = 0
+    for v, c in runs:
+        for _ in range(c):
+            a[i] = v
+            i += 1
+    return a
+
+
+for line in open("cases.jsonl"):
+    name, blocks, b16, X, E, d, sh, r = json.loads(line)
+    X = unrle("b", X)
+    if name == "upd_a_rows":
+        A32 = [unrle("i", b) for b in blocks]
+        A16 = [unrle("h", b) for b in b16]
+        K.upd_a_rows(A32, A16, X, array("i", E), d, sh, 1, r, SX)
+        RESULT(A32=[rle(b) for b in A32], A16=[rle(b) for b in A16])
+    else:
+        A16 = [unrle("h", b) for b in blocks]
+        U = array("h", [0] * r)
+        ps = 0
+        while (512 << ps) < d:
+            ps += 1
+        K.adapter_u_rows(A16, X, d, ps, sh, U, r)
+        RESULT(U=list(U))
+    blocks = b16 = A32 = A16 = None
+    gc.collect()
+"""
+
+
+def row_results_match(case, got):
+    """Whether a device's RESULT for a row case is the rows' expected values."""
+    name, A, A16, X, E, d, sh, r, k = case
+    want = row_case_expected(case)
+    if name == "upd_a_rows":
+        return (got["A32"] == [rle(sum(want["A32"][q:q + k], [])) for q in range(0, r, k)]
+                and got["A16"] == [rle(sum(want["A16"][q:q + k], [])) for q in range(0, r, k)])
+    return got["U"] == want["U"]
+
+
+def test_row_cases_reach_the_ends():
+    """Both ends of upd_a's and adapter_u's shift ranges, saturated masters of both signs in
+    one block, and the blocks of several rows and of one row."""
+    ups = [c for c in ROW_CASES if c[0] == "upd_a_rows"]
+    assert {c[6] for c in ups} >= set(SHA_RANGE)
+    assert {c[6] for c in ROW_CASES if c[0] == "adapter_u_rows"} >= set(SHU_RANGE)
+    assert {c[8] for c in ROW_CASES} == {1, 4}
+    for c in ups:  # each step pushes some master past LIM before the saturation
+        assert max(abs(c[1][q][0] - c[4][q] * c[3][0]) for q in range(c[7])) > LIM
+
+
+@pytest.mark.parametrize("kind", ["unix", "cortex-m0plus"])
+def test_viper_row_kernels_equal_their_rows(tmp_path, kind):
+    """kernels_viper's row-block kernels give the checked row kernels' integers row by row, on
+    the unix port (SX=32) and on a 32-bit board (SX=0, where an overflow would wrap)."""
+    row_cases_file(tmp_path / "cases.jsonl")
+    res, _ = run(ROWS.replace("kernels.get(BACKEND)", "kernels.get('viper')"), tmp_path,
+                 heap="16M", kind=kind, deploy="py" if kind == "unix" else "mpy")
+    assert len(res) == len(ROW_CASES)
+    bad = [i for i, (c, g) in enumerate(zip(ROW_CASES, res)) if not row_results_match(c, g)]
+    assert bad == []

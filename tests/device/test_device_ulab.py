@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from mpyrun import PLATFORM_UNIX_KINDS, run
-from test_device_int32_bounds import CASES, TYPES
+from test_device_int32_bounds import (CASES, E_MAX, LIM, ROW_CASES, ROWS, SHA_RANGE, SHU_RANGE,
+                                      TYPES, row_cases_file, row_results_match)
 from skip2lora.model import formats as F
 from skip2lora.model.compiler import compile_network
 from skip2lora.model.network import Dense, Network
@@ -116,6 +117,82 @@ def test_ulab_kernels_give_the_python_integers(tmp_path, kind):
     # the dots ran (not only the Python fallbacks), up to the bound and never past it
     assert r["dots"] > 1000
     assert r["worst"] == 1 << 22  # reached: 256 codes of -128 times 256 weights of -128
+
+
+def _random_row_cases(seed=7):
+    """Rows the Trainer gives (masters well inside +-LIM, steps up to E_MAX, any shift of the
+    ranges), in blocks of one, two and four rows, both row kernels."""
+    rnd = random.Random(seed)
+    out = []
+    for d, k in ((64, 4), (128, 4), (200, 2), (512, 1), (513, 1)):
+        r = 4
+        for _ in range(6):
+            sh = rnd.randint(*SHA_RANGE)
+            A = [[rnd.randint(-LIM, LIM) >> rnd.randint(1, 12) for _ in range(d)]
+                 for _ in range(r)]
+            E = [rnd.randint(-E_MAX, E_MAX) >> rnd.randint(0, 16) for _ in range(r)]
+            X = [rnd.randint(-128, 127) for _ in range(d)]
+            out.append(("upd_a_rows", A, [[0] * d for _ in range(r)], X, E, d, sh, r, k))
+            A16 = [[rnd.randint(-16384, 16384) for _ in range(d)] for _ in range(r)]
+            out.append(("adapter_u_rows", A16, None, X, None, d, rnd.randint(*SHU_RANGE), r,
+                        k))
+    return out
+
+
+ROWS_ULAB = ROWS.replace("from s2l.kernels import SX\n", "from s2l.kernels import SX\n" + r"""
+from ulab import numpy as real_np
+import s2l.kernels_ulab as U
+from s2l import kernels_py as P
+worst = [0]
+calls = [0]
+rows_py = [0]
+
+
+class CheckedNp:  # as COMPARE's: dot measures sum |a_k b_k|
+    def __getattr__(self, name):
+        return getattr(real_np, name)
+
+    def dot(self, a, b):
+        calls[0] += 1
+        s = real_np.dot(abs(a * 1.0), abs(b * 1.0))
+        s = real_np.max(s) if isinstance(s, real_np.ndarray) else s
+        if s > worst[0]:
+            worst[0] = s
+        return real_np.dot(a, b)
+
+
+U.np = CheckedNp()
+_row = P.upd_a
+
+
+def counted(*a):  # a row upd_a_rows leaves to kernels_py
+    rows_py[0] += 1
+    return _row(*a)
+
+
+P.upd_a = counted
+""").replace("kernels.get(BACKEND)", "kernels.get('ulab')") + """
+RESULT(worst=worst[0], dots=calls[0], rows_py=rows_py[0])
+"""
+
+
+@pytest.mark.parametrize("kind", ULAB_KINDS)
+def test_ulab_row_kernels_give_the_rows_integers(tmp_path, kind, monkeypatch):
+    """upd_a_rows and adapter_u_rows on ulab: the worst rows of the int32 proof and rows the
+    Trainer gives, the integers of kernels_py's row kernels row by row; adapter_u_rows' dots
+    reach 2**22 and never pass it; most upd_a_rows rows take the int16 path, not Python."""
+    import test_device_int32_bounds as B
+    cases = ROW_CASES + _random_row_cases()
+    monkeypatch.setattr(B, "ROW_CASES", cases)  # row_cases_file writes these
+    row_cases_file(tmp_path / "cases.jsonl")
+    res, _ = run(ROWS_ULAB, tmp_path, heap="16M", kind=kind, timeout=600)
+    *got, stats = res
+    assert len(got) == len(cases)
+    bad = [i for i, (c, g) in enumerate(zip(cases, got)) if not row_results_match(c, g)]
+    assert bad == []
+    assert stats["dots"] > 30 and stats["worst"] == 1 << 22  # 64 * 128 * 512: hi of +-16384
+    rows = sum(c[7] for c in cases if c[0] == "upd_a_rows")
+    assert stats["rows_py"] < rows // 2  # the saturating steps past the bound, and d = 8
 
 
 def _network(dims, seed=0):
