@@ -15,13 +15,13 @@
 # kernels.py falls back to viper.
 import micropython
 from .kernels_viper import dense_q16 as _dense_viper
+from .kernels_viper import adapter_u_rows as _u_rows_viper, upd_a_rows as _upd_rows_viper
 from .kernels_viper import (absmax_f32, bg, dot_a16x8, logits_bu, quant_f32, requant8,
                             to_f32, upd_b)
 
 NAME = "thumb"
 
 
-@micropython.asm_thumb
 @micropython.asm_thumb
 def _dots(r0, r1, r2, r3):
     # r0 W (nr rows of d int8), r1 X (d int8), r2 OUT (int32), r3 = j0 | d/4 << 12 | nr << 23:
@@ -68,31 +68,31 @@ def _dots(r0, r1, r2, r3):
     bne(row)
 
 
-# j0, d_in / 4 and nr packed in one small int (12 + 11 + 7 bits): what _dots takes; a block
-# outside these (rows of fewer than 16 values, or d_in not a multiple of 4) runs on viper
-D_MAX, J_MAX, NR_MAX = 4096, 4095, 127
-
-
-def dense_q16(W, X, d_in, j0, nr, M, N, BETA, OUT, sx):
-    # rows j0..j0+nr-1 of one weight block (W holds only those rows): the sums in Thumb code,
-    # then OUT[j] = sat30(mulshift(sum, M[j], N[j]) + BETA[j]) as kernels_viper.dense_q16
-    if d_in & 3 or d_in > D_MAX or j0 > J_MAX or nr > NR_MAX or nr < 1 or d_in < 4:
-        return _dense_viper(W, X, d_in, j0, nr, M, N, BETA, OUT, sx)
-    _dots(W, X, OUT, j0 | (d_in << 10) | (nr << 23))
-    _out_q16(OUT, j0, nr, M, N, BETA, sx)
+# dense_q16 packs j0, d_in / 4 and nr in one small int (12 + 11 + 7 bits) for _dots; a block
+# outside these (rows of fewer than 16 values, or d_in not a multiple of 4) runs on viper.
+# The kernels here are viper functions that call the Thumb code (one call from Python each).
 
 
 @micropython.viper
-def _out_q16(OUT: ptr32, j0: int, nr: int, M: ptr32, N: ptr8, BETA: ptr32, sx: int):
-    # OUT[j] holds row j's int32 sum; replaced by kernels_viper.dense_q16's output step
+def dense_q16(W, X, d_in: int, j0: int, nr: int, M, N, BETA, OUT, sx: int):
+    # rows j0..j0+nr-1 of one weight block (W holds only those rows): the sums in Thumb code,
+    # then OUT[j] = sat30(mulshift(sum, M[j], N[j]) + BETA[j]) as kernels_viper.dense_q16
+    if d_in & 3 or d_in > 4096 or d_in < 4 or j0 > 4095 or nr > 127 or nr < 1:
+        _dense_viper(W, X, d_in, j0, nr, M, N, BETA, OUT, sx)
+        return
+    _dots(W, X, OUT, j0 | (d_in << 10) | (nr << 23))
+    O = ptr32(OUT)
+    MM = ptr32(M)
+    NN = ptr8(N)
+    BB = ptr32(BETA)
     j = j0
     j1 = j0 + nr
     while j < j1:
-        acc = OUT[j]
+        acc = O[j]
         acc = (acc << sx) >> sx
-        m = M[j]
+        m = MM[j]
         m = (m << sx) >> sx
-        n = int(N[j])
+        n = int(NN[j])
         n = (n ^ 0x80) - 0x80
         hi = acc >> 15
         lo = acc & 0x7FFF
@@ -117,14 +117,14 @@ def _out_q16(OUT: ptr32, j0: int, nr: int, M: ptr32, N: ptr8, BETA: ptr32, sx: i
                 v = 0x3FFFFFFF
             elif t < 0:
                 v = -0x3FFFFFFF
-        b = BETA[j]
+        b = BB[j]
         b = (b << sx) >> sx
         v += b
         if v > 0x3FFFFFFF:
             v = 0x3FFFFFFF
         elif v < -0x3FFFFFFF:
             v = -0x3FFFFFFF
-        OUT[j] = v
+        O[j] = v
         j += 1
 
 
@@ -204,9 +204,36 @@ def _adapter_u(r0, r1, r2, r3):
     mov(r0, r4)
 
 
-def adapter_u(A, X, d, ps, sh):
+@micropython.viper
+def adapter_u(A, X, d: int, ps: int, sh: int) -> int:
     # one row of A: sat16(round((sum_k A[k] X[k], chunks of 512 pre-shifted by ps) / 2**sh))
-    return _adapter_u(A, X, d, ps | ((sh + 16) << 4))
+    return int(_adapter_u(A, X, d, ps | ((sh + 16) << 4)))
+
+
+@micropython.viper
+def adapter_u_rows(A16, X, d: int, ps: int, sh: int, U, r: int):
+    # adapter_u of every rank row (A16: blocks of whole rows, as kernels_viper's), one Thumb
+    # call per row at the row's address; addresses from 2**30 up (no small int) take viper's
+    nb = int(len(A16))
+    b = 0
+    while b < nb:
+        if int(ptr16(A16[b])) >> 30:
+            _u_rows_viper(A16, X, d, ps, sh, U, r)
+            return
+        b += 1
+    UU = ptr16(U)
+    pk = ps | ((sh + 16) << 4)
+    q = 0
+    b = 0
+    while b < nb:
+        blk = A16[b]
+        base = int(ptr16(blk))
+        end = base + 2 * int(len(blk))
+        while base < end:
+            UU[q] = int(_adapter_u(base, X, d, pk))
+            q += 1
+            base += 2 * d
+        b += 1
 
 
 @micropython.asm_thumb
@@ -315,17 +342,50 @@ def _upd_a(r0, r1, r2, r3):
 _P = bytearray(16)  # upd_a's e, d, sh, refresh as int32, for _upd_a's fourth register
 
 
-def upd_a(A32, A16, X, e, d, sh, refresh, sx):
+@micropython.viper
+def upd_a(A32, A16, X, e: int, d: int, sh: int, refresh: int, sx: int):
     # one row: A32[k] = sat30(A32[k] - round(e X[k] / 2**sh)); if refresh: A16 = round(A32 / 2**16)
     if (e == 0 and refresh == 0) or d < 1:
         return
-    _params(_P, e, d, sh, refresh)
+    P = ptr32(_P)
+    P[0] = e
+    P[1] = d
+    P[2] = sh
+    P[3] = refresh
     _upd_a(A32, A16, X, _P)
 
 
 @micropython.viper
-def _params(P: ptr32, a: int, b: int, c: int, d: int):
-    P[0] = a
-    P[1] = b
-    P[2] = c
-    P[3] = d
+def upd_a_rows(A32, A16, X, E, d: int, sh: int, refresh: int, r: int, sx: int):
+    # upd_a of every rank row, row q with the step E[q] (A32, A16: blocks of whole rows), one
+    # Thumb call per row at the rows' addresses; addresses from 2**30 up take viper's
+    nb = int(len(A32))
+    b = 0
+    while b < nb:
+        if (int(ptr32(A32[b])) >> 30) or (int(ptr16(A16[b])) >> 30):
+            _upd_rows_viper(A32, A16, X, E, d, sh, refresh, r, sx)
+            return
+        b += 1
+    if d < 1:
+        return
+    EE = ptr32(E)
+    P = ptr32(_P)
+    P[1] = d
+    P[2] = sh
+    P[3] = refresh
+    q = 0
+    b = 0
+    while b < nb:
+        blk = A32[b]
+        a32 = int(ptr32(blk))
+        a16 = int(ptr16(A16[b]))
+        end = a32 + 4 * int(len(blk))
+        while a32 < end:
+            e = EE[q]
+            if e != 0 or refresh != 0:
+                P[0] = e
+                _upd_a(a32, a16, X, _P)
+            q += 1
+            a32 += 4 * d
+            a16 += 2 * d
+        b += 1
