@@ -11,15 +11,17 @@
 # docs/device.md ("ulab kernels") gives each bound; tests/device/test_device_ulab.py checks
 # the integers against kernels_py.py on both ulab interpreters.
 #
+# The master update upd_a_rows uses no float at all: int16/uint16 arithmetic on the halves of
+# each int32 master, viewed in place, on all the rank rows of an adapter per call (a per-row
+# float version was no faster than Python and its float temporaries ran out of a trained
+# 192 KiB heap; docs/device.md, "ulab kernels").
+#
 # The other kernels are kernels_py.py's own functions, exact by definition: the C x r loops
-# and the per-channel requantization are too short to gain from a dozen ulab calls, the
-# float32-bit kernels (save, calibration) have no ulab form, and upd_a, exact in ulab as
-# int16/uint16 halves of each master, took about 20 array operations per row: no faster
-# than its Python loop on the unix interpreters, and its d-long float temporaries ran out of
-# heap on a trained 192 KiB heap (docs/device.md, "ulab kernels"). A row shorter than MIN_D
-# also runs the Python loop.
+# and the per-channel requantization are too short to gain from a dozen ulab calls, and the
+# float32-bit kernels (save, calibration) have no ulab form. A row (or block) shorter than
+# MIN_D also runs the Python loop.
 # ulab's operations return new arrays: every ulab step below allocates its result (at most
-# 256 int16, or one float per row of a weight block); none is kept.
+# 512 int16, or one float per row of a weight block); none is kept.
 from ulab import numpy as np
 
 from . import kernels_py as _py

@@ -389,9 +389,10 @@ def _ulab(F):
     ratios = [r for py, ul in pairs(U)
               if py["interpreter"] == "circuitpython" and py["model"] == "cooling fan"
               for r in (ul["epoch_us"][0] / py["epoch_us"][0], later_ms(ul) / later_ms(py))]
-    w("\nulab runs the frozen layers' int8 dot products and the adapters' long int16 x int8 "
-      "dots; the master updates (`upd_a`) and the C x r kernels stay Python (docs/device.md, "
-      "\"ulab kernels\", says why and proves the integers exact in float32). The issue's "
+    w("\nulab runs the frozen layers' int8 dot products, the adapters' int16 x int8 dots and "
+      "their int32 master updates (in int16 arithmetic, all rank rows of an adapter per call); "
+      "the C x r kernels stay Python (docs/device.md, \"ulab kernels\", proves the integers "
+      "exact in float32 and gives where a cached epoch's time goes). The issue's "
       "target, a ulab epoch of the fan model at most a tenth of the Python one on the "
       "circuitpython interpreter, is " + ("met." if ratios and max(ratios) <= 0.1 else
                             f"not met: epoch 1 takes {ratios[0]:.2f} of the Python time "
