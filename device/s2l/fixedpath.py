@@ -65,8 +65,8 @@ class FixedPath:
         dims = m.dims
         L, C, r = m.n_layers, dims[-1], rank
         self.model, self.data, self.K, self.rng = m, ds, K, rng
-        # a backend without the row-block kernels (one that reuses another's by name) is
-        # called per row
+        # viper has no row-block kernels (their native code would take 3 KB of a board's heap,
+        # loaded even where thumb runs, for no gain): it is called per row
         self._rows = hasattr(K, "upd_a_rows") and hasattr(K, "adapter_u_rows")
         self.L, self.C, self.rank = L, C, r
         # the step sizes from the float32 bits of lr and alpha (qmath); momentum is 0 here
