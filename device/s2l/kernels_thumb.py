@@ -15,7 +15,6 @@
 # kernels.py falls back to viper.
 import micropython
 from .kernels_viper import dense_q16 as _dense_viper
-from .kernels_viper import adapter_u_rows as _u_rows_viper, upd_a_rows as _upd_rows_viper
 from .kernels_viper import (absmax_f32, bg, dot_a16x8, logits_bu, quant_f32, requant8,
                             to_f32, upd_b)
 
@@ -130,8 +129,13 @@ def dense_q16(W, X, d_in: int, j0: int, nr: int, M, N, BETA, OUT, sx: int):
 
 @micropython.asm_thumb
 def _adapter_u(r0, r1, r2, r3):
-    # r0 A (d int16), r1 X (d int8), r2 d >= 1, r3 = ps | (sh + 16) << 4: kernels_viper's
-    # adapter_u. Chunks of 512: X and A advance to each chunk's end, the index runs from -n.
+    # r0 A (rows of d int16), r1 X (d int8), r2 d >= 1, r3 = ps | (sh + 16) << 4 | row << 10:
+    # kernels_viper's adapter_u of A's row `row`. Chunks of 512: X and A advance to each
+    # chunk's end, the index runs from -n.
+    lsr(r4, r3, 10)
+    mul(r4, r2)
+    add(r0, r0, r4)
+    add(r0, r0, r4)         # the row's start
     mov(r4, 0)              # the row's sum
     label(chunk)
     mov(r6, 1)
@@ -170,7 +174,8 @@ def _adapter_u(r0, r1, r2, r3):
     mov(r6, 0x7F)
     lsl(r6, r6, 8)
     add(r6, 0xFF)           # 32767
-    lsr(r7, r3, 4)
+    lsl(r7, r3, 22)
+    lsr(r7, r7, 26)
     sub(r7, 16)             # sh
     ble(notpos)
     sub(r7, 1)              # ((acc >> (sh - 1)) + 1) >> 1 (a shift of 32 or more fills signs)
@@ -212,34 +217,34 @@ def adapter_u(A, X, d: int, ps: int, sh: int) -> int:
 
 @micropython.viper
 def adapter_u_rows(A16, X, d: int, ps: int, sh: int, U, r: int):
-    # adapter_u of every rank row (A16: blocks of whole rows, as kernels_viper's), one Thumb
-    # call per row at the row's address; addresses from 2**30 up (no small int) take viper's
-    nb = int(len(A16))
-    b = 0
-    while b < nb:
-        if int(ptr16(A16[b])) >> 30:
-            _u_rows_viper(A16, X, d, ps, sh, U, r)
-            return
-        b += 1
+    # adapter_u of every rank row (A16: blocks of whole rows, as kernels_py's), one Thumb
+    # call per row
     UU = ptr16(U)
     pk = ps | ((sh + 16) << 4)
+    nb = int(len(A16))
     q = 0
     b = 0
     while b < nb:
         blk = A16[b]
-        base = int(ptr16(blk))
-        end = base + 2 * int(len(blk))
-        while base < end:
-            UU[q] = int(_adapter_u(base, X, d, pk))
+        nrow = int(len(blk)) // d
+        row = 0
+        while row < nrow:
+            UU[q] = int(_adapter_u(blk, X, d, pk | (row << 10)))
             q += 1
-            base += 2 * d
+            row += 1
         b += 1
 
 
 @micropython.asm_thumb
 def _upd_a(r0, r1, r2, r3):
-    # r0 A32, r1 A16, r2 X (int8), r3 P = [e, d, sh, refresh] (int32): kernels_viper's upd_a
-    # for d >= 1. Pointers advance by one element; r12 holds LIM, r8 the refresh flag (saved).
+    # r0 A32, r1 A16, r2 X (int8), r3 P = [e, d, sh, refresh, k0] (int32): kernels_viper's
+    # upd_a on A32[k0:k0+d], A16[k0:k0+d], for d >= 1. Pointers advance by one element; r12
+    # holds LIM, r8 the refresh flag (saved).
+    ldr(r4, [r3, 16])
+    lsl(r5, r4, 2)
+    add(r0, r0, r5)
+    lsl(r5, r4, 1)
+    add(r1, r1, r5)
     mov(r7, r8)
     push({r7})
     ldr(r7, [r3, 12])
@@ -339,7 +344,7 @@ def _upd_a(r0, r1, r2, r3):
     mov(r8, r7)
 
 
-_P = bytearray(16)  # upd_a's e, d, sh, refresh as int32, for _upd_a's fourth register
+_P = bytearray(20)  # upd_a's e, d, sh, refresh, k0 as int32, for _upd_a's fourth register
 
 
 @micropython.viper
@@ -352,20 +357,14 @@ def upd_a(A32, A16, X, e: int, d: int, sh: int, refresh: int, sx: int):
     P[1] = d
     P[2] = sh
     P[3] = refresh
+    P[4] = 0
     _upd_a(A32, A16, X, _P)
 
 
 @micropython.viper
 def upd_a_rows(A32, A16, X, E, d: int, sh: int, refresh: int, r: int, sx: int):
     # upd_a of every rank row, row q with the step E[q] (A32, A16: blocks of whole rows), one
-    # Thumb call per row at the rows' addresses; addresses from 2**30 up take viper's
-    nb = int(len(A32))
-    b = 0
-    while b < nb:
-        if (int(ptr32(A32[b])) >> 30) or (int(ptr16(A16[b])) >> 30):
-            _upd_rows_viper(A32, A16, X, E, d, sh, refresh, r, sx)
-            return
-        b += 1
+    # Thumb call per row
     if d < 1:
         return
     EE = ptr32(E)
@@ -373,19 +372,20 @@ def upd_a_rows(A32, A16, X, E, d: int, sh: int, refresh: int, r: int, sx: int):
     P[1] = d
     P[2] = sh
     P[3] = refresh
+    nb = int(len(A32))
     q = 0
     b = 0
     while b < nb:
-        blk = A32[b]
-        a32 = int(ptr32(blk))
-        a16 = int(ptr16(A16[b]))
-        end = a32 + 4 * int(len(blk))
-        while a32 < end:
+        b32 = A32[b]
+        b16 = A16[b]
+        end = int(len(b32))
+        k0 = 0
+        while k0 < end:
             e = EE[q]
             if e != 0 or refresh != 0:
                 P[0] = e
-                _upd_a(a32, a16, X, _P)
+                P[4] = k0
+                _upd_a(b32, b16, X, _P)
             q += 1
-            a32 += 4 * d
-            a16 += 2 * d
+            k0 += d
         b += 1

@@ -142,7 +142,7 @@ def kernels(shapes, min_us=20000):
     from s2l import kernels as K
 
     fixed = []
-    for name in ("viper", "py"):
+    for name in ("thumb", "viper", "py"):
         try:
             fixed.append((name, K.get(name)))
         except ImportError:

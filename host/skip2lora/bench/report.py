@@ -44,7 +44,7 @@ def render(figures, pngs=PNG_NAMES):
     one function per section."""
     sections = (_intro(figures), _where(figures), _headline(figures), _targets(figures),
                 _times(figures), _accuracy(figures), _heap_flash(figures), _kernels(figures),
-                _ulab(figures), _bound(figures), _plots(pngs), _real_board(figures), _board_notes(figures),
+                _ulab(figures), _cortexm(figures), _bound(figures), _plots(pngs), _real_board(figures), _board_notes(figures),
                 _closing(figures))
     return "\n".join(line for section in sections for line in section)
 
@@ -397,6 +397,54 @@ def _ulab(F):
       "circuitpython interpreter, is " + ("met." if ratios and max(ratios) <= 0.1 else
                             f"not met: epoch 1 takes {ratios[0]:.2f} of the Python time "
                             f"there, later epochs {ratios[1]:.2f}." if ratios else "not measured."))
+    w("")
+    return L
+
+
+def _cortexm(F):
+    """Per-stage cost on an emulated Cortex-M board by kernel backend
+    (tests/device/bench_cortexm.py, which adds key 'cortexm' to the figures)."""
+    C = F.get("cortexm")
+    if not C:
+        return []
+    rows, mips = C["rows"], C.get("mips", 125)
+    n = next(iter(rows.values()))["n"]
+    L = []
+    w = L.append
+    w(f"## Cortex-M: where a fine-tune's instructions go ({C['kind']})\n")
+    w(f"Measured by tests/device/bench_cortexm.py on commit {C.get('commit', '?')[:12]} under "
+      f"QEMU with `-icount shift=3`: the board's `time.ticks_us` counts instructions at "
+      f"{mips} per microsecond (no wait states, no flash cache misses), and repeat runs give "
+      f"the same count for the computing stages. Skip2-LoRA on the fan model "
+      f"(silentA-to-noisy, 512-64-64-3 int8, {n} samples, r = 4 on every layer input, "
+      f"lr 0.01, batch 1, {len(next(iter(rows.values()))['epochs'])} epochs), one column per "
+      f"kernel backend (`thumb`: asm_thumb, kernels_thumb.py; `viper`: the code before it). "
+      f"*Cache file write* is the cache build with nothing to compute: LittleFS writing the "
+      f"records on the 4 MiB RAM disk, whose Python block device (../shared/platforms, "
+      f"_boot.py, VfsLfs2 with its 32-byte read and program sizes) costs about 190 k "
+      f"instructions per call: it varies between runs with the filesystem's state.\n")
+    names = list(rows)
+    w("| stage | " + " | ".join(f"`{b}`" for b in names) + " |")
+    w("|---|" + "---:|" * len(names))
+    per = lambda us: f"{us / 1000:.2f} ms"  # noqa: E731
+    for label, f in (
+            ("calibration (L-1 = 2 passes), per sample", lambda r: per(r["calib_us"] / n)),
+            ("cache build: compute, per sample", lambda r: per(r["frozen_us"] / n)),
+            ("cache build: file write, all records", lambda r: f"{r['write_us'] / 1e6:.1f} s"),
+            ("epoch 1 (calibration, build, epoch)", lambda r: f"{r['epochs'][0][1] / 1e3:.1f} s"),
+            ("cached epoch, per sample", lambda r: per(1000 * r["epochs"][-1][1] / n)),
+            ("cached epoch", lambda r: f"{r['epochs'][-1][1] / 1e3:.2f} s"),
+            (f"all {len(rows[names[0]]['epochs'])} epochs (Trainer.fit)",
+             lambda r: f"{r['fit_us'] / 1e6:.1f} s"),
+            ("save (adapters + .state)", lambda r: f"{r['save_us'] / 1e6:.1f} s"),
+            ("predict one sample (int8 forward, no adapters)", lambda r: per(r["predict_us"])),
+            ("train accuracy, last epoch", lambda r: _pct(r["epochs"][-1][2]))):
+        w(f"| {label} | " + " | ".join(f(rows[b]) for b in names) + " |")
+    k = C.get("kernels_us_per_mac") or {}
+    if k:
+        w("\nInstructions per multiply-add of `dense_q16` on the first layer's shape (64 x 512 "
+          "in 2 KB row blocks, calls and the output step included): "
+          + ", ".join(f"`{b}` {v * mips:.1f}" for b, v in k.items()) + ".")
     w("")
     return L
 

@@ -378,7 +378,7 @@ def method_macs(net, spec, rank, points, dims, n):
 
 def kernel_for(spec, backend):
     """The kernel backend that sets a run's arithmetic lower bound."""
-    if backend in ("viper", "py"):
+    if backend in ("thumb", "viper", "py"):
         return backend
     return "py-float"
 
