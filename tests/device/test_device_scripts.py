@@ -12,7 +12,7 @@ from mpyrun import FIXTURES, MpyError, run
 from skip2lora.board.calls import SCRIPTS_DIR, script_code
 from skip2lora.board.link import BoardInfo
 
-TESTED = {"info", "sha256", "makedirs", "listdir", "remove", "file_crc"}
+TESTED = {"info", "sha256", "makedirs", "listdir", "remove", "file_crc", "unique_id"}
 
 
 def board(name, cwd, **kwargs):
@@ -48,6 +48,21 @@ def test_sha256_without_hashlib_says_so(tmp_path):
                                                       "import no_such_module")
     (tmp_path / "f.bin").write_bytes(b"x")
     assert run(code, tmp_path)[1].strip() == "NOHASH"
+
+
+def test_unique_id(tmp_path):
+    """No machine.unique_id (the unix port): the id kept in a file, written once from `new`;
+    with one, its bytes in hex, unless the board is virtual (stored_first)."""
+    path = str(tmp_path / "skip2lora" / "board_id")
+    assert board("unique_id", tmp_path, new="a1b2c3", path=path).strip() == "a1b2c3"
+    assert (tmp_path / "skip2lora" / "board_id").read_text() == "a1b2c3"
+    assert board("unique_id", tmp_path, new="ffff", path=path).strip() == "a1b2c3"  # kept
+    chip = ("import sys\nclass M:\n def unique_id():\n  return b'\\xde\\xad\\x01'\n"
+            "sys.modules['machine'] = M\n")
+    assert run(chip + script_code("unique_id", new="ffff", path=path), tmp_path)[1].strip() == \
+        "dead01"
+    assert run(chip + script_code("unique_id", new="ffff", path=path, stored_first=True),
+               tmp_path)[1].strip() == "a1b2c3"
 
 
 def test_makedirs(tmp_path):

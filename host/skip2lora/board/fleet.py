@@ -158,6 +158,7 @@ def run_fleet(ports, job, what):
     real = sys.stdout
     sys.stdout = _Router(real, bars)
     began = time.monotonic()
+    interrupted = False
     try:
         print(f"{what} on {len(ports)} boards at once: {', '.join(ports)}")
         with ThreadPoolExecutor(max_workers=len(ports), thread_name_prefix="board") as pool:
@@ -166,16 +167,16 @@ def run_fleet(ports, job, what):
                 for f in futures:
                     while not f.done():
                         time.sleep(0.05)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # each board stops cleanly; the table still says how far
+                interrupted = True
                 _interrupt(workers)
-                for f in futures:
-                    f.result()
-                raise
     finally:
         sys.stdout = real
     print()
     for line in summary_lines(workers):
         print(line)
+    if interrupted:
+        raise KeyboardInterrupt
     failed = [w for w in workers if not w.ok]
     print(f"{len(workers) - len(failed)} of {len(workers)} boards succeeded "
           f"({time.monotonic() - began:.1f} s)")
