@@ -123,8 +123,8 @@ def _work(worker, job):
             f"stopped (exit status {status})"
     except BoardInterrupted:
         worker.reason = "interrupted"
-    except UserError as exc:
-        worker.reason = " ".join(str(exc).split())
+    except UserError as exc:  # its message may start with the port, which the row names
+        worker.reason = " ".join(str(exc).split()).removeprefix(f"{worker.port}: ")
     except Exception as exc:  # noqa: BLE001 - one board's bug must not take the others down
         worker.reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     finally:

@@ -288,6 +288,8 @@ class Progress:
                 self.say(text)
         elif "epoch" in record and "loss" in record:
             self.records.append(record)
+            # a fleet's table shows how far a board got, even one lost later
+            fleet.record(epochs=record["epoch"], loss=record["loss"], accuracy=record["acc"])
             summary = f"loss {record['loss']:.4f}, train acc {100 * record['acc']:.1f} %, " \
                       f"{record['ms']} ms"
             if record.get("cache_built"):  # its cache reads are the records it just wrote
