@@ -418,11 +418,15 @@ def _cortexm(F):
       f"the same count for the computing stages. Skip2-LoRA on the fan model "
       f"(silentA-to-noisy, 512-64-64-3 int8, {n} samples, r = 4 on every layer input, "
       f"lr 0.01, batch 1, {len(next(iter(rows.values()))['epochs'])} epochs), one column per "
-      f"kernel backend (`thumb`: asm_thumb, kernels_thumb.py; `viper`: the code before it). "
-      f"*Cache file write* is the cache build with nothing to compute: LittleFS writing the "
-      f"records on the 4 MiB RAM disk, whose Python block device (../shared/platforms, "
-      f"_boot.py, VfsLfs2 with its 32-byte read and program sizes) costs about 190 k "
-      f"instructions per call: it varies between runs with the filesystem's state.\n")
+      f"kernel backend (`thumb`: asm_thumb, kernels_thumb.py; `viper`: the code before it; "
+      f"both give the same losses, accuracies and bytes). *File write* is the cache build "
+      f"with nothing to compute: LittleFS writing the records to the 4 MiB RAM disk through "
+      f"the firmware's Python block device (../shared/platforms, _boot.py: VfsLfs2 at its "
+      f"32-byte read and program sizes, a memoryview slice allocated per call). It is the "
+      f"one stage that varies between runs of the same code: 3.2 to 20.7 s for these records "
+      f"while this table was made (not explained yet; the heap's state is the likely cause, "
+      f"since the device allocates a slice per call); with "
+      f"1024-byte sizes the same 75 KB took 0.23 s instead of 14.4 s.\n")
     names = list(rows)
     w("| stage | " + " | ".join(f"`{b}`" for b in names) + " |")
     w("|---|" + "---:|" * len(names))
@@ -444,7 +448,15 @@ def _cortexm(F):
     if k:
         w("\nInstructions per multiply-add of `dense_q16` on the first layer's shape (64 x 512 "
           "in 2 KB row blocks, calls and the output step included): "
-          + ", ".join(f"`{b}` {v * mips:.1f}" for b, v in k.items()) + ".")
+          + ", ".join(f"`{b}` {v * mips:.1f}" for b, v in k.items()) + "; the Thumb loop "
+          "itself takes 21 instructions per 4 multiply-adds (2 LDRSB, MULS, ADDS and an index "
+          "ADDS each, then one BNE).")
+    w("\nOn a real RP2040 (datasheet: Cortex-M0+ at 125-133 MHz, SRAM without wait states, "
+      "single-cycle multiplier) an instruction is not one cycle: loads, stores and taken "
+      "branches take 2, so the Thumb loop's 21 instructions are about 31 cycles. The kernels' "
+      "machine code sits in the heap (SRAM); the interpreter runs from flash through the "
+      "16 KB XIP cache, whose misses (a QSPI read) come on top of the count for every stage "
+      "outside the kernels, and flash erase and program times on top of the file writes.")
     w("")
     return L
 
