@@ -56,6 +56,7 @@ kinds: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/skip2lora bench --json docs/BENCHMARKS.json --report docs/BENCHMARKS.md $(PORT_ARG)
+	$(BIN)/python tests/device/bench_cortexm.py --figures docs/BENCHMARKS.json --report docs/BENCHMARKS.md
 	$(BIN)/python tools/readme_figures.py
 
 # The reports again from their committed JSON (no runs): after a change to their wording.
