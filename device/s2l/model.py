@@ -90,15 +90,17 @@ class Model:
                     blk_w = read_exact(f, empty("b", nr * d_in), nr * d_in, path, _WHAT)
                 else:
                     blk_w = read_exact(f, empty("f", nr * d_in), 4 * nr * d_in, path, _WHAT)
-                    check_finite(path, _WHAT, "layer %d weight" % i, blk_w)
-                    # the check's float objects (boxed where floats are: 32 bytes each on the
-                    # unix port, 8x the block) are collected before the next block is placed
-                    # beyond them: left, they scattered the blocks with holes that the
-                    # Trainer's 2 KB rows did not fit (a 64-512-4 model needed 335 KB, 291 KB
-                    # with this)
-                    gc.collect()
                 W.append((blk_w, j0, nr))
                 j0 += nr
+            if dtype == F32:
+                # checked once the layer's blocks are all placed, then collected: the check
+                # makes a float object per weight (boxed where floats are: 32 bytes each on
+                # the unix port, 8x the block), and checked block by block those objects
+                # scattered the blocks with holes the Trainer's 2 KB rows did not fit (a
+                # 64-512-4 model needed 335 KB of the unix port's heap)
+                for blk_w, _, _ in W:
+                    check_finite(path, _WHAT, "layer %d weight" % i, blk_w)
+                gc.collect()
             if dtype == I8:
                 p = pad4(d_out * d_in) - d_out * d_in
                 if p:
