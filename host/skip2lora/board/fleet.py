@@ -11,6 +11,7 @@ fleet as alone; on a terminal each board also gets its own progress bar (see cur
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from skip2lora.board.link import BoardInterrupted
 from skip2lora.errors import UserError
 
 _local = threading.local()  # .worker: the Worker of the board this thread serves
+_stopping = threading.Event()  # set by Ctrl-C on the host: no board starts a job after it
 
 
 @dataclass
@@ -31,7 +33,8 @@ class Worker:
     loss: object = None
     accuracy: object = None
     board_s: object = None
-    links: list = field(default_factory=list)  # open BoardLinks, for Ctrl-C
+    links: list = field(default_factory=list)  # open BoardLinks
+    training: list = field(default_factory=list)  # those running a job Ctrl-C may stop
 
 
 def several(ports):
@@ -55,6 +58,24 @@ def track(link):
     if worker is not None:
         worker.links.append(link)
     return link
+
+
+@contextmanager
+def interruptible(link):
+    """Around a long job on the board (fine-tuning): Ctrl-C on the host sends Ctrl-C to the
+    board while it runs, never in the middle of a file transfer, which it would cut in two
+    and leave the raw REPL out of step. After Ctrl-C no job starts: BoardInterrupted."""
+    worker = current()
+    if worker is None:
+        yield link
+        return
+    worker.training.append(link)
+    try:
+        if _stopping.is_set():
+            raise BoardInterrupted()
+        yield link
+    finally:
+        worker.training.remove(link)
 
 
 def record(**figures):
@@ -137,10 +158,11 @@ def _work(worker, job):
 
 
 def _interrupt(workers):
-    """Ctrl-C on the host: Ctrl-C to every board still working, so each stops cleanly and
-    keeps what it saved (its worker then reports it)."""
+    """Ctrl-C on the host: Ctrl-C to every board running a job, so each stops cleanly and keeps
+    what it saved; a board in a transfer finishes it and starts no job (interruptible())."""
+    _stopping.set()
     for worker in workers:
-        for link in worker.links:
+        for link in list(worker.training):
             try:
                 link.transport.serial.write(b"\x03")
             except Exception:  # noqa: BLE001 - the link may be gone already
@@ -159,6 +181,7 @@ def run_fleet(ports, job, what):
     sys.stdout = _Router(real, bars)
     began = time.monotonic()
     interrupted = False
+    _stopping.clear()
     try:
         print(f"{what} on {len(ports)} boards at once: {', '.join(ports)}")
         with ThreadPoolExecutor(max_workers=len(ports), thread_name_prefix="board") as pool:

@@ -389,8 +389,9 @@ def finetune_board(args, model, model_name):
               f"batch {args.batch_size}, seed {args.seed}")
         progress = Progress(args.epochs, args.batch_size, noted)
         try:
-            link.call("s2l.job.finetune", on_output=progress.feed, timeout=EPOCH_SILENCE_S,
-                      **job_arguments(args, data_path))
+            with fleet.interruptible(link):
+                link.call("s2l.job.finetune", on_output=progress.feed, timeout=EPOCH_SILENCE_S,
+                          **job_arguments(args, data_path))
         except BoardError as exc:
             progress.close()
             if progress.diverged is not None:
