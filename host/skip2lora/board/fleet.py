@@ -33,7 +33,6 @@ class Worker:
     loss: object = None
     accuracy: object = None
     board_s: object = None
-    links: list = field(default_factory=list)  # open BoardLinks
     training: list = field(default_factory=list)  # those running a job Ctrl-C may stop
 
 
@@ -50,14 +49,6 @@ def single(ports):
 def current():
     """The Worker this thread serves, or None outside a fleet (single-board runs)."""
     return getattr(_local, "worker", None)
-
-
-def track(link):
-    """Remember an open link of this thread's board, so Ctrl-C on the host reaches it."""
-    worker = current()
-    if worker is not None:
-        worker.links.append(link)
-    return link
 
 
 @contextmanager

@@ -164,7 +164,7 @@ def _stop(ports=None):
 
 def _ask(port):
     """`board status --port`: the board itself says what it is and its unique id."""
-    with fleet.track(BoardLink(port)) as link:
+    with BoardLink(port) as link:
         facts = board_facts(link)
     print(f"board: {facts['board']}")
     print(f"id:    {facts['unique_id']}")

@@ -351,7 +351,7 @@ def run(args):
 def finetune_board(args, model, model_name):
     """Fine-tune one board (args.port, args.data one each); model: the --model read on the
     host, or None to read the board's. A fleet runs this once per board."""
-    with fleet.track(BoardLink(args.port)) as link:
+    with BoardLink(args.port) as link:
         if args.model:
             on_board = link.file_sha256(BOARD_MODEL)
             if on_board != sha256(Path(args.model).read_bytes()):

@@ -49,7 +49,7 @@ def run(args):
 def flash_board(args, model, port):
     """Flash one board (a fleet runs this once per --port)."""
     started = time.time()
-    with fleet.track(BoardLink(port)) as link:
+    with BoardLink(port) as link:
         info = link.info()
         print(f"board: {info.describe()}")
         print(deploy.describe_board_config(link))

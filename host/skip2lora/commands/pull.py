@@ -33,7 +33,7 @@ def run(args):
 def pull_board(out, port, per_board=False):
     """Pull one board's adapters into out, or with per_board into out/<its unique id>."""
     board = None
-    with fleet.track(BoardLink(port)) as link:
+    with BoardLink(port) as link:
         if per_board:
             board = board_facts(link)
             out = out / board["unique_id"]
