@@ -67,8 +67,7 @@ BISECT_FLOOR = 256
 UNIX_HEAP = 8 * 1024 * 1024  # the unix port's heap: every model of the grid fits, ballast does the rest
 IMAGE_BLOCKS = 2048  # 8 MiB unix flash image
 FIRMWARE_HEAP = 192064  # the Cortex-M firmware's GC total (an RP2040 build reports the same)
-HEAP_MARGIN = 6144  # how far inside that heap the fit keeps the models that ran on it (room
-# for the default 533 samples instead of the 32 measured, and some more)
+ROUNDING = 256  # room in the fit for budget.py's constants rounded up
 
 # Every value of each axis at least once: widths 32-512, depth 2-4 layers, f32 and int8, rank
 # 1-16, targets all and hidden, batch 1-8. (dims, dtype, rank, targets, batch)
@@ -283,13 +282,13 @@ def parts(kind, config, samples=SAMPLES):
     return est.weights_ram, other, board.mpy_arch, est.path
 
 
-def fit(data, low=1.02):
+def fit(data, low=1.0):
     """CODE_BYTES and FRAGMENTATION per (arch, path) for budget.py from the measured rows, by a
     linear programme: predicted = code + (1 + share) * weights + other arrays, with every
-    predicted >= low x needed (room for the package to grow a little before the next
-    measurement), every model that completed on the Cortex-M firmware's heap predicted
-    HEAP_MARGIN inside it (else compile would refuse, for an RP2040, a model the board runs),
-    every model that did not complete there predicted above it, and the largest ratio
+    predicted >= low x needed, every model that completed on the Cortex-M firmware's heap
+    predicted inside it with the default samples budgeted (else compile would refuse, for an
+    RP2040, a model the board runs; the runs had SAMPLES), every model that did not complete
+    there predicted above it, and the largest ratio
     predicted / needed as small as it can be. The 32-bit arches share the share; each has its
     own code; code and share are >= 0. Returns {key: (code, share, worst ratio, rows)}."""
     from scipy.optimize import linprog
@@ -299,7 +298,8 @@ def fit(data, low=1.02):
         w, o, arch, path = parts(r["kind"], r, data["samples"])
         pool = ("x64" if arch == "x64" else "32-bit", path)
         if r["fits"]:
-            pools.setdefault(pool, []).append((arch, w, w + o, r["needed"]))
+            w_all, o_all, _, _ = parts(r["kind"], r, budget.DEFAULT_SAMPLES)
+            pools.setdefault(pool, []).append((arch, w, w + o, r["needed"], w_all + o_all))
         else:  # did not complete on the firmware's heap: must be predicted above it
             refused.setdefault(pool, []).append((arch, w, w + o))
     out = {}
@@ -308,7 +308,7 @@ def fit(data, low=1.02):
         arches = sorted({p[0] for p in pts})
         n = len(arches) + 2  # codes, share, t
         A, b = [], []
-        for arch, w, base, need in pts:
+        for arch, w, base, need, base_all in pts:
             row = [float(arch == x) for x in arches] + [float(w)]
             A.append([-v for v in row] + [0.0])  # predicted >= low * needed
             b.append(base - low * need)
@@ -316,7 +316,7 @@ def fit(data, low=1.02):
             b.append(-base)
             if arch != "x64":  # ran on the 192 KiB heap: compile must not refuse it there
                 A.append(row + [0.0])
-                b.append(FIRMWARE_HEAP - HEAP_MARGIN - base)
+                b.append(FIRMWARE_HEAP - ROUNDING - base_all)
         for arch, w, base in refused.get(pool_key, []):
             if arch in arches:
                 row = [float(arch == x) for x in arches] + [float(w)]

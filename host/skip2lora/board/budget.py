@@ -6,8 +6,8 @@ figures. Everything is computed from the dims alone (no arrays), so compile and 
 `estimate` cheaply.
 
 RAM is what `skip2lora finetune` with the defaults needs (skip2lora, backend auto: the
-fixed-point path with the viper kernels for an int8 model, the float path for an f32 one, batch
-1, int8 dataset, the Skip-Cache): the GC heap a fresh board must have for the job to complete.
+fixed-point path with the default kernels (thumb on Cortex-M, viper elsewhere) for an int8
+model, the float path for an f32 one, batch 1, int8 dataset, the Skip-Cache): the GC heap a fresh board must have for the job to complete.
 It is counted the way the device package allocates (device/s2l/model.py, dataset.py, train.py,
 fixedpath.py / floatpath.py, cache.py): every array is a GC block for the array object plus its
 items rounded up to whole GC blocks (16 bytes on a 32-bit board, 32 on the 64-bit unix port);
@@ -15,15 +15,15 @@ the frozen weights are all in RAM, in row blocks of at most 2 KB. On top come th
 code and the interpreter's own objects (CODE_BYTES) and what the heap loses between the weight
 blocks (FRAGMENTATION, a share of them: a MemoryError comes from the lack of one free run, not
 of bytes in total), both fitted to what tools/budget_truth.py measures on every virtual board
-kind (docs/BUDGET.md): never below any measured need, at most 1.10 x it (the unix port's float
-path: 1.16), and on the 192 KiB
+kind (docs/BUDGET.md): never below any measured need, at most 1.10 x it, and on the 192 KiB
 firmware heap the same verdict as the firmware for every measured model. The estimate is this
 close because the package keeps the heap in few pieces (device/s2l/__init__.py loads its
-modules with a collection after each; nothing allocates garbage between weight blocks);
+modules with a collection after each; no garbage is left between weight blocks);
 tests/test_budget_truth.py holds it to the measurements.
 """
 from dataclasses import dataclass
 
+from skip2lora.board.deploy import THUMB_ARCHS
 from skip2lora.model.formats import pad4
 
 # Fine-tuning samples the budget assumes when it is not told (compile's and flash's --samples):
@@ -32,30 +32,30 @@ DEFAULT_SAMPLES = 533
 DEFAULT_SAMPLES_WHY = "the README's cooling-fan flow; give your dataset's size"
 MODEL_BLOCK_BYTES = 2048  # device/s2l/model.py BLOCK: weights are held in row blocks this size
 PAYLOAD_CHUNK = 64  # fixedpath.py: payload() converts 64 values at a time
+MASTER_ROW_ITEMS = 512  # fixedpath.py: an adapter's master rows in blocks of up to 512 items
 
 # The device package's code and the interpreter's own objects in the GC heap while the job
 # runs, per mpy arch (the .mpy bytecode, and on bare-metal ports the viper machine code too,
-# live in the heap) and per path ("fixed": int8 model, viper kernels; "float": floatpath.py),
+# live in the heap) and per path ("fixed": int8 model, thumb or viper kernels; "float": floatpath.py),
 # and the heap lost between the weight blocks (a share of weights_ram): fitted by
 # tools/budget_truth.py --fit to what it measures on every virtual board kind
-# (docs/BUDGET.json): never below a measured need, at most 1.10 x it on the Cortex-M kinds and
-# for int8 on the unix port (its float path: 1.16, docs/compiler.md). Arches never measured
+# (docs/BUDGET.json): never below a measured need, at most 1.10 x it. Arches never measured
 # take the largest 32-bit figures.
 CODE_BYTES = {
-    ('armv6m', 'fixed'): 68705,
-    ('armv7emsp', 'fixed'): 67624,
-    ('armv6m', 'float'): 61238,
-    ('armv7emsp', 'float'): 61326,
-    ('x64', 'fixed'): 99369,
-    ('x64', 'float'): 94614,
+    ('armv6m', 'fixed'): 74183,
+    ('armv7emsp', 'fixed'): 74423,
+    ('armv6m', 'float'): 60785,
+    ('armv7emsp', 'float'): 62900,
+    ('x64', 'fixed'): 97254,
+    ('x64', 'float'): 96566,
 }
 FRAGMENTATION = {
-    ('armv6m', 'fixed'): 0.1674,
-    ('armv7emsp', 'fixed'): 0.1674,
-    ('armv6m', 'float'): 0.3429,
-    ('armv7emsp', 'float'): 0.3429,
-    ('x64', 'fixed'): 0.1275,
-    ('x64', 'float'): 0.3641,
+    ('armv6m', 'fixed'): 0.1637,
+    ('armv7emsp', 'fixed'): 0.1637,
+    ('armv6m', 'float'): 0.1578,
+    ('armv7emsp', 'float'): 0.1578,
+    ('x64', 'fixed'): 0.0487,
+    ('x64', 'float'): 0.0168,
 }
 WEIGHTS_IN_RAM_SHARE = 1.0  # the board loads every layer (model.py): nothing is streamed
 
@@ -152,7 +152,9 @@ class Budget:
 
     @property
     def path_name(self):
-        return "fixed point, viper" if self.path == "fixed" else "float"
+        if self.path == "float":
+            return "float"
+        return "fixed point, " + ("thumb" if self.board.mpy_arch in THUMB_ARCHS else "viper")
 
     def lines(self, board_line=True):
         """The breakdown compile and flash print (flash, having printed the connected board's
@@ -223,8 +225,10 @@ def _weights_ram(h, dims, dtype):
     return total
 
 
-def _fixed_ram(h, dims, targets, rank):
-    """fixedpath.FixedPath's buffers and adapters (and the model's float xs)."""
+def _fixed_ram(h, dims, targets, rank, row_kernels):
+    """fixedpath.FixedPath's buffers and adapters (and the model's float xs). row_kernels: the
+    backend takes an adapter's rows in one call (thumb); otherwise (viper) the rows are also
+    listed, short ones as views into their blocks."""
     L, C = len(dims) - 1, dims[-1]
     act = sum(h.array(4 * d) for d in dims) + h.array(4 * max(dims))  # model xs, _tmp
     act += sum(h.array(pad4(d)) for d in dims[:L]) + h.array(4 * max(dims[1:]))  # xq, v32
@@ -233,7 +237,13 @@ def _fixed_ram(h, dims, targets, rank):
     ads = 0
     for i in targets:
         d = dims[i]
-        ads += rank * (h.array(4 * d) + h.array(2 * d)) + 2 * h.list(rank)
+        per = max(1, min(rank, MASTER_ROW_ITEMS // d))  # rows per block of masters
+        for q in range(0, rank, per):
+            n = d * min(per, rank - q)
+            ads += h.array(4 * n) + h.array(2 * n)  # int32 masters, int16 copies
+        ads += 2 * h.list(-(-rank // per))
+        if not row_kernels:
+            ads += 2 * h.list(rank) + (2 * rank * h.block if per > 1 else 0)
         ads += h.array(4 * C * rank) + h.array(2 * C * rank) + h.array(2 * rank) + h.array(4 * rank)
     return act, ads, 0
 
@@ -278,7 +288,10 @@ def estimate(dims, board, dtype="f32", rank=4, mask=None, samples=DEFAULT_SAMPLE
     path = "fixed" if dtype == "int8" else "float"
     weights = sum(layer_payload_bytes(dims[i], dims[i + 1], dtype) for i in range(n_layers))
     weights_ram = _weights_ram(h, dims, dtype)
-    act, ads, grads = (_fixed_ram if path == "fixed" else _float_ram)(h, dims, targets, rank)
+    if path == "fixed":
+        act, ads, grads = _fixed_ram(h, dims, targets, rank, board.mpy_arch in THUMB_ARCHS)
+    else:
+        act, ads, grads = _float_ram(h, dims, targets, rank)
     item = _ITEMSIZE[dataset_dtype]
     io = h.array(samples) + h.array(2 * samples)  # labels, shuffle order
     io += h.array(dims[0] * item) + h.array(pad4(dims[0]))  # dataset record, cache x1 view
