@@ -132,6 +132,7 @@ def test_the_finetune_call_is_the_line_job_call_sent():
 
 def test_the_cli_defaults_send_the_same_line_as_before():
     args = build_parser().parse_args(["finetune", "--data", ":" + BOARD_DATASET])
+    args.data = args.data[0]  # one board: run() hands finetune_board its one --data
     # --lr auto needs the data on the host; for a dataset on the board it sends the board's default
     args.lr = lr_for_board(args, None, "the model", log=lambda _: None)
     assert call_code("s2l.job.finetune", **job_arguments(args, BOARD_DATASET)) == \

@@ -227,7 +227,7 @@ try:
 except S2LError as e:
     err = str(e)
 RESULT(n=n, exact=t2.restored_exact, epochs=[t.epochs_done, t2.epochs_done],
-       same=[list(a) for a in t.arith.ads[0].A32] == [list(a) for a in t2.arith.ads[0].A32],
+       same=[list(a) for a in t.arith.ads[0].A32b] == [list(a) for a in t2.arith.ads[0].A32b],
        err=err)
 """, fixdir)
     assert res[0] == {"n": 2, "exact": True, "epochs": [3, 3], "same": True,
