@@ -53,20 +53,15 @@ def _random_cases(seed=13):
     return out
 
 
-COMPARE = r"""
-from array import array
-from s2l import kernels_py as P
-import s2l.kernels_ulab as U
+# Board code for both scripts: kernels_ulab's numpy replaced by ulab's with a dot that records
+# sum |a_k b_k| (what bounds every partial sum the dot can form, in any order, and its result)
+CHECKED_NP = r"""
 from ulab import numpy as real_np
-
-LIMIT = 1 << 22
 worst = [0]
 calls = [0]
 
 
 class CheckedNp:
-    # ulab's numpy, with dot measuring sum |a_k b_k| (what bounds every partial sum the dot
-    # can form, in any order, and its result)
     def __getattr__(self, name):
         return getattr(real_np, name)
 
@@ -80,6 +75,14 @@ class CheckedNp:
 
 
 U.np = CheckedNp()
+"""
+
+COMPARE = r"""
+from array import array
+from s2l import kernels_py as P
+import s2l.kernels_ulab as U
+""" + CHECKED_NP + r"""
+LIMIT = 1 << 22
 shared = [k for k in ("requant8", "logits_bu", "bg", "upd_b", "upd_a", "to_f32", "absmax_f32",
                       "quant_f32") if getattr(U, k) is not getattr(P, k)]
 bad = []
@@ -140,28 +143,10 @@ def _random_row_cases(seed=7):
 
 
 ROWS_ULAB = ROWS.replace("from s2l.kernels import SX\n", "from s2l.kernels import SX\n" + r"""
-from ulab import numpy as real_np
 import s2l.kernels_ulab as U
 from s2l import kernels_py as P
-worst = [0]
-calls = [0]
+""" + CHECKED_NP + r"""
 rows_py = [0]
-
-
-class CheckedNp:  # as COMPARE's: dot measures sum |a_k b_k|
-    def __getattr__(self, name):
-        return getattr(real_np, name)
-
-    def dot(self, a, b):
-        calls[0] += 1
-        s = real_np.dot(abs(a * 1.0), abs(b * 1.0))
-        s = real_np.max(s) if isinstance(s, real_np.ndarray) else s
-        if s > worst[0]:
-            worst[0] = s
-        return real_np.dot(a, b)
-
-
-U.np = CheckedNp()
 _row = P.upd_a
 
 
