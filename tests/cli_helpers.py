@@ -60,3 +60,9 @@ def drift_model(d, dims, n_train, n_finetune, n_test, epochs):
     np.savez(d / "test.npz", x=sc.test[0], y=sc.test[1])
     skip2lora("compile", d / "model.pt", "-o", d / "model.s2lm", "--dtype", "int8")
     return sc
+
+
+def uart_sized_drift(d):
+    """drift_model's small int8 model (16-12-8-3) and a little drift data: what the emulated
+    boards take over their slow UARTs (the QEMU ones move ~4-5 KB/s)."""
+    return drift_model(d, (16, 12, 8, 3), n_train=200, n_finetune=40, n_test=60, epochs=20)

@@ -7,7 +7,7 @@ from the unix kind running the same commands, never from a CircuitPython run.
 """
 import pytest
 
-from cli_helpers import drift_model, mpremote, skip2lora
+from cli_helpers import mpremote, skip2lora, uart_sized_drift
 from skip2lora.board.virtual import VirtualBoard, open_image
 from skip2lora.errors import UserError
 from unavailable import require_emulator
@@ -65,13 +65,10 @@ def test_missing_interpreter_is_one_line(tmp_path, monkeypatch):
         open_image(tmp_path / "blank.img", KIND)
 
 
-DIMS = (16, 12, 8, 3)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
-    drift_model(d, DIMS, n_train=200, n_finetune=40, n_test=60, epochs=20)
+    uart_sized_drift(d)
     return d
 
 

@@ -7,7 +7,7 @@ Outside CI a missing one skips these tests with the reason; under CI=true it fai
 
 import pytest
 
-from cli_helpers import drift_model, mpremote, skip2lora
+from cli_helpers import mpremote, skip2lora, uart_sized_drift
 from skip2lora.board.virtual import VirtualBoard, open_image, start_board
 from skip2lora.errors import UserError
 from unavailable import require_emulator
@@ -77,14 +77,10 @@ def test_clean_errors_for_missing_firmware_and_heap(kind, tmp_path, monkeypatch)
         VirtualBoard(kind=kind, flash="1M")
 
 
-DIMS = (16, 12, 8, 3)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A small int8 model and a little drift data: the UART moves only ~4-5 KB/s."""
     d = tmp_path_factory.mktemp("tiny")
-    drift_model(d, DIMS, n_train=200, n_finetune=40, n_test=60, epochs=20)
+    uart_sized_drift(d)
     return d
 
 
