@@ -14,7 +14,7 @@
 # without the inline assembler (unix, ESP32, CircuitPython) fails to compile this module and
 # kernels.py falls back to viper.
 import micropython
-from .kernels_viper import dense_q16 as _dense_viper
+from .kernels_viper import dense_q16 as _dense_viper, finish_q16
 from .kernels_viper import (absmax_f32, bg, dot_a16x8, logits_bu, quant_f32, requant8,
                             to_f32, upd_b)
 
@@ -75,56 +75,12 @@ def _dots(r0, r1, r2, r3):
 @micropython.viper
 def dense_q16(W, X, d_in: int, j0: int, nr: int, M, N, BETA, OUT, sx: int):
     # rows j0..j0+nr-1 of one weight block (W holds only those rows): the sums in Thumb code,
-    # then OUT[j] = sat30(mulshift(sum, M[j], N[j]) + BETA[j]) as kernels_viper.dense_q16
+    # then kernels_viper.finish_q16: OUT[j] = sat30(mulshift(sum, M[j], N[j]) + BETA[j])
     if d_in & 3 or d_in > 4096 or d_in < 4 or j0 > 4095 or nr > 127 or nr < 1:
         _dense_viper(W, X, d_in, j0, nr, M, N, BETA, OUT, sx)
         return
     _dots(W, X, OUT, j0 | (d_in << 10) | (nr << 23))
-    O = ptr32(OUT)
-    MM = ptr32(M)
-    NN = ptr8(N)
-    BB = ptr32(BETA)
-    j = j0
-    j1 = j0 + nr
-    while j < j1:
-        acc = O[j]
-        acc = (acc << sx) >> sx
-        m = MM[j]
-        m = (m << sx) >> sx
-        n = int(NN[j])
-        n = (n ^ 0x80) - 0x80
-        hi = acc >> 15
-        lo = acc & 0x7FFF
-        t = hi * m + ((lo * m + 16384) >> 15)
-        if n > 15:
-            if n < 47:
-                v = (t + (1 << (n - 16))) >> (n - 15)
-            else:
-                v = 0
-        elif n == 15:
-            v = t
-        elif n > -15:
-            lim = 0x3FFFFFFF >> (15 - n)
-            if t > lim:
-                t = lim
-            elif t < 0 - lim:
-                t = 0 - lim
-            v = t << (15 - n)
-        else:
-            v = 0
-            if t > 0:
-                v = 0x3FFFFFFF
-            elif t < 0:
-                v = -0x3FFFFFFF
-        b = BB[j]
-        b = (b << sx) >> sx
-        v += b
-        if v > 0x3FFFFFFF:
-            v = 0x3FFFFFFF
-        elif v < -0x3FFFFFFF:
-            v = -0x3FFFFFFF
-        O[j] = v
-        j += 1
+    finish_q16(OUT, j0, nr, M, N, BETA, sx)
 
 
 @micropython.asm_thumb

@@ -17,10 +17,11 @@ NAME = "viper"
 
 
 @micropython.viper
-def dense_q16(W: ptr8, X: ptr8, d_in: int, j0: int, nr: int, M: ptr32, N: ptr8,
-              BETA: ptr32, OUT: ptr32, sx: int):
+def dense_q16(W: ptr8, X: ptr8, d_in: int, j0: int, nr: int, M, N, BETA, OUT, sx: int):
     # rows j0..j0+nr-1 of one weight block (W holds only those rows):
-    # OUT[j] = sat30(mulshift(sum_k W[j,k] X[k], M[j], N[j]) + BETA[j]); W, X int8
+    # OUT[j] = sat30(mulshift(sum_k W[j,k] X[k], M[j], N[j]) + BETA[j]); W, X int8. The sums
+    # go into OUT (|sum| < 2**31, docs/device.md), then finish_q16 turns them into outputs.
+    O = ptr32(OUT)
     j = j0
     row = 0
     j1 = j0 + nr
@@ -32,6 +33,21 @@ def dense_q16(W: ptr8, X: ptr8, d_in: int, j0: int, nr: int, M: ptr32, N: ptr8,
             x = X[k]
             acc += ((w ^ 0x80) - 0x80) * ((x ^ 0x80) - 0x80)
             k += 1
+        O[j] = acc
+        j += 1
+        row += d_in
+    finish_q16(OUT, j0, nr, M, N, BETA, sx)
+
+
+@micropython.viper
+def finish_q16(OUT: ptr32, j0: int, nr: int, M: ptr32, N: ptr8, BETA: ptr32, sx: int):
+    # dense_q16's output step, shared with kernels_thumb.dense_q16: OUT[j] holds row j's int32
+    # sum; OUT[j] = sat30(mulshift(sum, M[j], N[j]) + BETA[j]) for j in j0..j0+nr-1
+    j = j0
+    j1 = j0 + nr
+    while j < j1:
+        acc = OUT[j]
+        acc = (acc << sx) >> sx
         m = M[j]
         m = (m << sx) >> sx
         n = int(N[j])
@@ -68,7 +84,6 @@ def dense_q16(W: ptr8, X: ptr8, d_in: int, j0: int, nr: int, M: ptr32, N: ptr8,
             v = -0x3FFFFFFF
         OUT[j] = v
         j += 1
-        row += d_in
 
 
 @micropython.viper
