@@ -6,9 +6,14 @@ from .compat import S2LError, file_size, open_write, remove, replace, sync
 from .formats import (CACHE_MAGIC, VERSION, ITEMSIZE, MAX_LAYERS, crc32, pad4, seal_header)
 
 
+# CRC-32 (zlib's) of any bytes followed by their own CRC, little-endian: what read() checks
+RESIDUE = 0x2144DF1C
+
+
 class Cache:
-    """bufs: the typed arrays (each pad4 bytes long) one record is read into / written from,
-    in segment order; segs: [(dim, dtype)] of the same segments."""
+    """bufs: the typed arrays (or views) one record is read into / written from, in order,
+    together exactly the record's segments (each pad4 bytes long; one buffer may hold
+    several); segs: [(dim, dtype)] of those segments, for the header."""
 
     def __init__(self, path, model_crc, dataset_crc, n_records, segs, bufs):
         self.path = path
@@ -73,14 +78,20 @@ class Cache:
 
     def read(self, k):
         """Read record k into the buffers; False if it is missing or its CRC is wrong (the
-        caller then recomputes it and never trusts the buffers)."""
+        caller then recomputes it and never trusts the buffers). The check runs the CRC over
+        the record and its stored CRC, which gives RESIDUE for an intact record: no integer
+        above 2**30 (a heap object on a board) is made for an intact record's last step."""
         f = self._f
         f.seek(self.header_len + k * self.stride)
         crc = 0
         for b in self.bufs:
             f.readinto(b)
+        if f.readinto(self._crc) != 4:
+            self.bad += 1
+            return False
+        for b in self.bufs:
             crc = crc32(b, crc)
-        if f.readinto(self._crc) != 4 or struct.unpack("<I", self._crc)[0] != crc:
+        if crc32(self._crc, crc) != RESIDUE:
             self.bad += 1
             return False
         self.reads += 1

@@ -11,18 +11,11 @@ import math
 from .formats import I8, I32, KIND_SKIP, pad4, read_state, write_state, zeros
 from .cache import Cache
 from . import kernels
-from .qmath import (LIM, ONE_BITS, bits, bits_at, f32_ratio, isqrt, q15, q16, qbits,
+from .qmath import (ONE_BITS, bits, bits_at, f32_ratio, isqrt, q15, q16, qbits,
                     rshift_round, sat as _sat, split, value)
 
 T_BG = 6  # pre-shift of B^T g, keeps e * x inside int32 (docs/device.md)
 Z_BITS = 0x37800000  # 2**-16: the unit of the cached logits z (Q16)
-# 2**(-k/64) in Q14 for k = 0..64: the integer softmax's exp, interpolated between entries
-EXP2_Q14 = (16384, 16208, 16033, 15860, 15689, 15520, 15353, 15188, 15024, 14862, 14702, 14544,
-            14387, 14232, 14079, 13927, 13777, 13629, 13482, 13337, 13193, 13051, 12910, 12771,
-            12634, 12498, 12363, 12230, 12098, 11968, 11839, 11711, 11585, 11460, 11337, 11215,
-            11094, 10975, 10856, 10739, 10624, 10509, 10396, 10284, 10173, 10064, 9955, 9848,
-            9742, 9637, 9533, 9431, 9329, 9228, 9129, 9031, 8933, 8837, 8742, 8648, 8555, 8463,
-            8371, 8281, 8192)
 LN_16384 = 9.704060527839234  # ln(2**14), for the printed loss only
 # The kernels' parameter ranges (docs/device.md, "Bounds"), clamped where the parameters are
 # set. Beyond each end the result is provably the same integers as at the end itself, except
@@ -32,6 +25,7 @@ RQ_HI = 46                # requant8 shift: from 46 on every code rounds to 0
 SHU_LO, SHU_HI = -15, 32  # adapter_u: u saturates for any acc != 0 / rounds to 0
 SHB_LO, SHB_HI = -29, 30  # upd_b: LIM >> 30 is 0 (capped at -29) / |g u| < 2**29 rounds to 0
 SHA_LO, SHA_HI = -29, 32  # upd_a: as upd_b (capped at -29) / |e x| < 2**31 rounds to 0
+SHS_LO, SHS_HI = -30, 32  # softmax: LIM >> 30 is 0 / |t| < 2**31 rounds to 0
 # the smallest activation scale the calibration gives (a maximum of 256 in Q16): a smaller one
 # (a cache header written elsewhere) would need a requant8 shift below 16
 SCALE_FLOOR = f32_ratio(256, 127 * 65536)
@@ -67,13 +61,27 @@ class FixedPath:
         self.model, self.data, self.K, self.rng = m, ds, K, rng
         # viper has no row-block kernels (their native code would take 3 KB of a board's heap,
         # loaded even where thumb runs, for no gain): it is called per row
-        self._rows = hasattr(K, "upd_a_rows") and hasattr(K, "adapter_u_rows")
+        self._rows = hasattr(K, "row_table")
         self.L, self.C, self.rank = L, C, r
         # the step sizes from the float32 bits of lr and alpha (qmath); momentum is 0 here
         self._lr_parts = split(bits(lr))
         self._alpha_parts = split(bits(alpha))
-        self._s15 = q15(self._alpha_parts[0], r, self._alpha_parts[1])  # s = alpha / r, Q15
-        self.xq = [zeros("b", pad4(d)) for d in dims[:L]]  # x_1..x_L as int8 codes
+        # s = alpha / r = Ms / 2**ns (Q15); y32 (Q20) * s in Q16 is y32 * Ms / 2**(15 + shs),
+        # shs = ns - 11, clamped to -30..32 (beyond, the same integers): _s15 = (Ms, shs)
+        Ms, ns = q15(self._alpha_parts[0], r, self._alpha_parts[1])
+        self._s15 = (Ms, max(SHS_LO, min(SHS_HI, ns - 11)))
+        self.x1_in_cache = ds.dtype != I8
+        # x_1..x_L as int8 codes: those a Skip-Cache record holds (x_2.., and x_1 for a float
+        # dataset) are views into one array, read from the record with one readinto
+        first = 0 if self.x1_in_cache else 1
+        xrec = zeros("b", sum(pad4(d) for d in dims[first:L]))
+        self.xq, o = [], 0
+        for i in range(L):
+            if i < first:
+                self.xq.append(zeros("b", pad4(dims[i])))
+            else:
+                self.xq.append(memoryview(xrec)[o:o + pad4(dims[i])])
+                o += pad4(dims[i])
         self.x1view = memoryview(self.xq[0])[:dims[0]]
         self.z32 = zeros("i", C)
         self.y32 = zeros("i", C)
@@ -81,16 +89,17 @@ class FixedPath:
         self.g16 = zeros("h", C)
         self.ge16 = zeros("h", C)
         self.yq = zeros("i", C)    # logits, Q16
-        self.e14 = zeros("i", C)   # exp(y - max y), Q14
+        self.e14 = zeros("i", C + 2)  # exp(y - max y), Q14; then what the loss needs
         self._chunk = zeros("f", 64)  # payload(): real-valued adapters written 64 at a time
         self.dM = [zeros("i", dims[i + 1]) for i in range(L)]   # per-channel multipliers
         self.dN = [zeros("b", dims[i + 1]) for i in range(L)]   # per-channel shifts
         self.dB = [zeros("i", dims[i + 1]) for i in range(L)]   # biases, Q16
         self.rq = [(0, 16)] * L                                 # requant (M, n) per layer
-        self.x1_in_cache = ds.dtype != I8
         self._need_x1 = 0 in targets  # an adapter reads x_1
         self.prepared = self.cache_built = False
         self._nb = 0  # the batch size the step constants are set for (0: none yet)
+        # set by _set_scales and _batch_consts: made here, so the dict grows early
+        self._qx, self._eta, self._shb = (0, 0), None, 0
         self.ads = []
         for i in targets:
             a = _Adapter()
@@ -103,9 +112,12 @@ class FixedPath:
             k = max(1, min(r, 512 // a.d))
             a.A32b = [zeros("i", a.d * min(k, r - q)) for q in range(0, r, k)]
             a.A16b = [zeros("h", a.d * min(k, r - q)) for q in range(0, r, k)]
-            # the rows themselves (_rows) are made where they are needed, outside the
-            # training loop, but for a backend called per row
-            a.rows = None if self._rows else (_rows(a.A32b, a.d), _rows(a.A16b, a.d))
+            # what the kernels take, made here, outside the training loop: the row kernels'
+            # form of the blocks (K.row_table), or for a backend called per row the rows
+            if self._rows:
+                a.rows = (K.row_table(a.A32b, a.d, 4), K.row_table(a.A16b, a.d, 2))
+            else:
+                a.rows = (_rows(a.A32b, a.d), _rows(a.A16b, a.d))
             a.B32, a.B16 = zeros("i", C * r), zeros("h", C * r)
             a.U, a.E = zeros("h", r), zeros("i", r)
             a.drawn = False  # A's initial values are drawn once the activation scales exist
@@ -116,15 +128,8 @@ class FixedPath:
             self.ads.append(a)
         self.cache = None
         if method == "skip2lora":
-            segs, bufs = [], []
-            if self.x1_in_cache:
-                segs.append((dims[0], I8))
-                bufs.append(self.xq[0])
-            for i in range(1, L):
-                segs.append((dims[i], I8))
-                bufs.append(self.xq[i])
-            segs.append((C, I32))
-            bufs.append(self.z32)
+            segs = [(dims[i], I8) for i in range(first, L)] + [(C, I32)]
+            bufs = ([xrec] if len(xrec) else []) + [self.z32]
             self.cache = Cache(cache_path, m.file_crc, ds.file_crc, ds.n, segs, bufs)
 
     # ------------------------------------------------------------------ the shared methods
@@ -174,42 +179,49 @@ class FixedPath:
     def step(self, k, nb, last):
         """One sample of a batch of nb: forward, integer softmax, and the master updates (the
         step of lr * s / nb, so no gradient is accumulated); the int16 forward copies are
-        refreshed at the batch's last sample. Returns (loss, correct)."""
+        refreshed at the batch's last sample. Returns (loss, correct). One name per assignment:
+        `a, b, c, d = ...` builds a tuple on the heap, and garbage here is a collection every
+        few dozen samples on a board."""
         if nb != self._nb:
             self._batch_consts(nb)
-        K, sx, C = self.K, kernels.SX, self.C
+        K = self.K
+        sx = kernels.SX
+        C = self.C
         lab = self.data.labels[k]
         cache = self.cache
-        cached = cache is not None and cache.read(k)
-        if not cached:
+        if cache is None or not cache.read(k):
             self.frozen(k)
         elif self._need_x1 and not self.x1_in_cache:
             self._load_x1(k)
-        y32, xq = self.y32, self.xq
+        y32 = self.y32
+        xq = self.xq
         for c in range(C):
             y32[c] = 0
         rows = self._rows
         for a in self.ads:
-            x, U, d, ps, shu = xq[a.layer], a.U, a.d, a.ps, a.shu
+            U = a.U
             if rows:  # all rank rows in one call (kernels that work on a block of rows)
-                K.adapter_u_rows(a.A16b, x, d, ps, shu, U, a.ar)
+                K.adapter_u_rows(a.rows[1], xq[a.layer], a.d, a.ps, a.shu, U, a.ar)
             else:
+                x = xq[a.layer]
                 for q in range(a.ar):
-                    U[q] = K.adapter_u(a.rows[1][q], x, d, ps, shu)
+                    U[q] = K.adapter_u(a.rows[1][q], x, a.d, a.ps, a.shu)
             K.logits_bu(a.B16, U, C, a.ar, y32, sx)
         loss, best = self._softmax(lab)
         if self._eta is None:
             return loss, best == lab
-        shb, g16, ge16 = self._shb, self.g16, self.ge16
+        g16 = self.g16
+        ge16 = self.ge16
         for a in self.ads:
-            K.bg(a.B16, g16, C, a.ar, a.Mp, T_BG, a.E)
-            K.upd_b(a.B32, a.B16, ge16, a.U, C, a.ar, shb, last, sx)
-            x, E, d, sha = xq[a.layer], a.E, a.d, a.sha
+            E = a.E
+            K.bg(a.B16, g16, C, a.ar, a.Mp, T_BG, E)
+            K.upd_b(a.B32, a.B16, ge16, a.U, C, a.ar, self._shb, last, sx)
             if rows:
-                K.upd_a_rows(a.A32b, a.A16b, x, E, d, sha, last, a.ar, sx)
+                K.upd_a_rows(a.rows[0], a.rows[1], xq[a.layer], E, a.d, a.sha, last, a.ar, sx)
             else:
+                x = xq[a.layer]
                 for q in range(a.ar):
-                    K.upd_a(a.rows[0][q], a.rows[1][q], x, E[q], d, sha, last, sx)
+                    K.upd_a(a.rows[0][q], a.rows[1][q], x, E[q], a.d, a.sha, last, sx)
         return loss, best == lab
 
     def payload(self):
@@ -424,51 +436,11 @@ class FixedPath:
         return scales
 
     def _softmax(self, lab):
-        """Integer softmax: logits y = z + s * sum B u in Q16, p = exp(y - max y) / sum in
-        Q15, then g = p - onehot as g16 (Q1.14) and ge16 = g * eta's mantissa (Q1.14).
-        Returns (loss for the progress line, predicted class)."""
-        z, y32, yq, e14, C = self.z32, self.y32, self.yq, self.e14, self.C
-        Ms, ns = self._s15
-        sh = ns - 11  # y32 is Q20: y32 * Ms / 2**ns / 16 in Q16; the product is y * Ms / 2**15
-        best = 0
-        for c in range(C):
-            y = y32[c]
-            t = (y >> 15) * Ms + (((y & 0x7FFF) * Ms + 16384) >> 15)
-            if sh > 0:
-                t = ((t >> (sh - 1)) + 1) >> 1
-            elif sh < 0:
-                lim = LIM >> -sh
-                t = (lim if t > lim else (-lim if t < -lim else t)) << -sh
-            y = _sat(z[c] + t)
-            yq[c] = y
-            if y > yq[best]:
-                best = c
-        ymax = yq[best]
-        tot = 0
-        for c in range(C):
-            d = ymax - yq[c]  # exp(-d / 2**16) = 2**(-w / 2**16), w = d * log2(e)
-            v = 0
-            if d < 720896:  # below exp(-11) the Q14 value rounds to 0
-                w = (d >> 15) * 47274 + (((d & 0x7FFF) * 23637 + 8192) >> 14)
-                ip = w >> 16
-                if ip < 15:
-                    fr = w & 0xFFFF
-                    k = fr >> 10
-                    t0 = EXP2_Q14[k]
-                    v = t0 - (((t0 - EXP2_Q14[k + 1]) * (fr & 0x3FF) + 512) >> 10)
-                    if ip:
-                        v = (v + (1 << (ip - 1))) >> ip
-            e14[c] = v
-            tot += v
-        loss = math.log(tot) - LN_16384 + (ymax - yq[lab]) / 65536
-        F = self._eta
-        if F is None:
-            return loss, best
-        g16, ge16, half = self.g16, self.ge16, tot >> 1
-        for c in range(C):
-            g = (e14[c] * 32768 + half) // tot
-            if c == lab:
-                g -= 32768
-            g16[c] = (g + 1) >> 1
-            ge16[c] = (g * F + 32768) >> 16
+        """The integer softmax (kernels_py.softmax): logits y = z + s * sum B u in Q16, p, and
+        with a step g = p - onehot as g16 and g * eta's mantissa as ge16. Returns (loss for
+        the progress line, predicted class)."""
+        e, C = self.e14, self.C
+        best = self.K.softmax(self.z32, self.y32, self.yq, e, C, self._s15[0], self._s15[1],
+                              lab, self._eta or 0, self.g16, self.ge16, kernels.SX)
+        loss = math.log(e[C]) - LN_16384 + e[C + 1] / 65536
         return loss, best

@@ -43,11 +43,8 @@ def crc32_table(buf, crc=0):
     return crc ^ 0xFFFFFFFF
 
 
-try:
-    from binascii import crc32 as _crc32
-
-    def crc32(buf, crc=0):
-        return _crc32(buf, crc) & 0xFFFFFFFF
+try:  # unsigned on MicroPython, CircuitPython and CPython 3 alike
+    from binascii import crc32
 except ImportError:  # CircuitPython builds without binascii.crc32
     crc32 = crc32_table
 

@@ -3,6 +3,7 @@
 # typed arrays ('b' int8, 'h' int16, 'i' int32) so indexing gives signed values.
 from struct import pack_into, unpack_from  # here, not in the kernels: an import inside a
 # function searches the filesystem on every call (garbage in the training loop on a board)
+from .qmath import EXP2_Q14
 
 NAME = "py"
 LIM = 0x3FFFFFFF
@@ -133,6 +134,12 @@ def upd_a(A32, A16, X, e, d, sh, refresh, sx):
                 A16[k] = (v + 32768) >> 16
 
 
+def row_table(blocks, d, size):
+    """The form the row kernels take an adapter's blocks of whole rows in (made once, outside
+    the training loop): here the blocks themselves; kernels_thumb's is the rows' addresses."""
+    return blocks
+
+
 def adapter_u_rows(A16, X, d, ps, sh, U, r):
     """U[q] = adapter_u of every rank row of an adapter in one call. A16 is a list of blocks,
     each holding whole rows of d values (a block per row, or all r rows of a short row in one
@@ -163,6 +170,57 @@ def upd_a_rows(A32, A16, X, E, d, sh, refresh, r, sx):
             for b in range(0, len(blk), d):
                 upd_a(m32[b:b + d], m16[b:b + d], X, E[q], d, sh, refresh, sx)
                 q += 1
+
+
+
+def softmax(Z, Y32, YQ, E14, C, m, sh, lab, F, G16, GE16, sx):
+    """The Trainer's integer softmax (docs/device.md, "Integer softmax"): logits y = z +
+    round(y32 * m / 2**(15 + sh)) in Q16 (Z the frozen logits, Y32 = sum B u in Q20, m the Q15
+    mantissa of s = alpha / r), saturated; p = exp(y - max y) / sum in Q15 through EXP2_Q14;
+    then, when F (eta's Q15 mantissa) is not 0, g = p - onehot(lab) as G16 (Q1.14) and
+    g * F as GE16 (Q1.14). E14 has C + 2 entries: E14[C] receives the sum of exp (Q14) and
+    E14[C + 1] max y - y[lab], what the printed loss needs. Returns the predicted class."""
+    best = 0
+    for c in range(C):
+        y = Y32[c]
+        t = (y >> 15) * m + (((y & 0x7FFF) * m + 16384) >> 15)
+        if sh > 0:
+            t = ((t >> (sh - 1)) + 1) >> 1
+        elif sh < 0:
+            lim = LIM >> -sh
+            t = (lim if t > lim else (-lim if t < -lim else t)) << -sh
+        y = _sat(Z[c] + t)
+        YQ[c] = y
+        if y > YQ[best]:
+            best = c
+    ymax = YQ[best]
+    tot = 0
+    for c in range(C):
+        d = ymax - YQ[c]  # exp(-d / 2**16) = 2**(-w / 2**16), w = d * log2(e)
+        v = 0
+        if d < 720896:  # below exp(-11) the Q14 value rounds to 0
+            w = (d >> 15) * 47274 + (((d & 0x7FFF) * 23637 + 8192) >> 14)
+            ip = w >> 16
+            if ip < 15:
+                fr = w & 0xFFFF
+                k = fr >> 10
+                t0 = EXP2_Q14[k]
+                v = t0 - (((t0 - EXP2_Q14[k + 1]) * (fr & 0x3FF) + 512) >> 10)
+                if ip:
+                    v = (v + (1 << (ip - 1))) >> ip
+        E14[c] = v
+        tot += v
+    E14[C] = tot
+    E14[C + 1] = ymax - YQ[lab]
+    if F:
+        half = tot >> 1
+        for c in range(C):
+            g = (E14[c] * 32768 + half) // tot
+            if c == lab:
+                g -= 32768
+            G16[c] = (g + 1) >> 1
+            GE16[c] = (g * F + 32768) >> 16
+    return best
 
 
 def to_f32(SRC, n, R, sh, OUT, sx):

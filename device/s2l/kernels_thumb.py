@@ -14,9 +14,11 @@
 # without the inline assembler (unix, ESP32, CircuitPython) fails to compile this module and
 # kernels.py falls back to viper.
 import micropython
+from array import array
+from .formats import zeros
 from .kernels_viper import dense_q16 as _dense_viper, finish_q16
 from .kernels_viper import (absmax_f32, bg, dot_a16x8, logits_bu, quant_f32, requant8,
-                            to_f32, upd_b)
+                            softmax, to_f32, upd_b)
 
 NAME = "thumb"
 
@@ -84,14 +86,28 @@ def dense_q16(W, X, d_in: int, j0: int, nr: int, M, N, BETA, OUT, sx: int):
 
 
 @micropython.asm_thumb
-def _adapter_u(r0, r1, r2, r3):
-    # r0 A (rows of d int16), r1 X (d int8), r2 d >= 1, r3 = ps | (sh + 16) << 4 | row << 10:
-    # kernels_viper's adapter_u of A's row `row`. Chunks of 512: X and A advance to each
-    # chunk's end, the index runs from -n.
-    lsr(r4, r3, 10)
-    mul(r4, r2)
-    add(r0, r0, r4)
-    add(r0, r0, r4)         # the row's start
+def _adapter_u_tab(r0, r1, r2, r3):
+    # r0 table of row addresses (int16 rows), r1 X (d int8), r2 U (int16), r3 = ps | (sh + 16)
+    # << 4 | rows << 10 | d << 17: U[q] = _adapter_u of row q, every row in one call. r8..r11
+    # (saved) hold the table, X and U pointers and the rows left.
+    mov(r4, r8)
+    mov(r5, r9)
+    mov(r6, r10)
+    mov(r7, r11)
+    push({r4, r5, r6, r7})
+    mov(r8, r0)
+    mov(r9, r1)
+    mov(r10, r2)
+    lsl(r4, r3, 15)
+    lsr(r4, r4, 25)         # rows
+    mov(r11, r4)
+    label(nextrow)
+    mov(r7, r8)
+    ldr(r0, [r7, 0])        # the row's start
+    add(r7, 4)
+    mov(r8, r7)
+    mov(r1, r9)
+    lsr(r2, r3, 17)         # d
     mov(r4, 0)              # the row's sum
     label(chunk)
     mov(r6, 1)
@@ -162,60 +178,87 @@ def _adapter_u(r0, r1, r2, r3):
     bge(hi2)
     mov(r4, r5)
     label(hi2)
-    mov(r0, r4)
-
-
-@micropython.viper
-def adapter_u(A, X, d: int, ps: int, sh: int) -> int:
-    # one row of A: sat16(round((sum_k A[k] X[k], chunks of 512 pre-shifted by ps) / 2**sh))
-    return int(_adapter_u(A, X, d, ps | ((sh + 16) << 4)))
+    mov(r7, r10)
+    strh(r4, [r7, 0])
+    add(r7, 2)
+    mov(r10, r7)
+    mov(r7, r11)
+    sub(r7, 1)
+    mov(r11, r7)
+    beq(finish)
+    b(nextrow)
+    label(finish)
+    pop({r4, r5, r6, r7})
+    mov(r8, r4)
+    mov(r9, r5)
+    mov(r10, r6)
+    mov(r11, r7)
 
 
 @micropython.viper
 def adapter_u_rows(A16, X, d: int, ps: int, sh: int, U, r: int):
-    # adapter_u of every rank row (A16: blocks of whole rows, as kernels_py's), one Thumb
-    # call per row
-    UU = ptr16(U)
-    pk = ps | ((sh + 16) << 4)
-    nb = int(len(A16))
-    q = 0
-    b = 0
-    while b < nb:
-        blk = A16[b]
-        nrow = int(len(blk)) // d
-        row = 0
-        while row < nrow:
-            UU[q] = int(_adapter_u(blk, X, d, pk | (row << 10)))
-            q += 1
-            row += 1
-        b += 1
+    # adapter_u of every rank row, A16 the rows' addresses (row_table): one Thumb call
+    _adapter_u_tab(A16, X, U, ps | ((sh + 16) << 4) | (r << 10) | (d << 17))
 
 
 @micropython.asm_thumb
-def _upd_a(r0, r1, r2, r3):
-    # r0 A32, r1 A16, r2 X (int8), r3 P = [e, d, sh, refresh, k0] (int32): kernels_viper's
-    # upd_a on A32[k0:k0+d], A16[k0:k0+d], for d >= 1. Pointers advance by one element; r12
-    # holds LIM, r8 the refresh flag (saved).
+def _upd_a_tab(r0, r1, r2, r3):
+    # r0, r1 tables of row addresses (A32 rows, A16 rows), r2 X (int8), r3 P = [address of E,
+    # d, sh, refresh, rows, (rows left), (X), (A32 table), (A16 table)] (int32): for each row q
+    # with e = E[q] (skipped when e = 0 and no refresh), A32[k] = sat30(A32[k] - round(e X[k] /
+    # 2**sh)) and, with refresh, A16[k] = (A32[k] + 32768) >> 16, as kernels_py.upd_a. The
+    # loop state of the rows sits in P; r8..r11 (saved) hold 32768, LIM, -LIM and P. The
+    # emitter's two-register CMP takes r0..r7 only, so CMP r7, r9 / r10 are data() halfwords.
+    mov(r4, r8)
+    mov(r5, r9)
+    mov(r6, r10)
+    mov(r7, r11)
+    push({r4, r5, r6, r7})
+    mov(r11, r3)
+    str(r2, [r3, 24])       # X
+    str(r0, [r3, 28])       # A32 table
+    str(r1, [r3, 32])       # A16 table
     ldr(r4, [r3, 16])
-    lsl(r5, r4, 2)
-    add(r0, r0, r5)
-    lsl(r5, r4, 1)
-    add(r1, r1, r5)
-    mov(r7, r8)
-    push({r7})
-    ldr(r7, [r3, 12])
-    mov(r8, r7)             # refresh
+    str(r4, [r3, 20])       # rows left
+    mov(r7, 1)
+    lsl(r7, r7, 15)
+    mov(r8, r7)             # 32768
+    lsl(r7, r7, 15)
+    sub(r7, 1)
+    mov(r9, r7)             # LIM = 0x3FFFFFFF
+    neg(r7, r7)
+    mov(r10, r7)            # -LIM
+    label(nextrow)
+    mov(r3, r11)
+    ldr(r7, [r3, 0])
+    ldr(r6, [r7, 0])        # e = E[q]
+    add(r7, 4)
+    str(r7, [r3, 0])
+    ldr(r7, [r3, 28])
+    ldr(r0, [r7, 0])        # A32 row
+    add(r7, 4)
+    str(r7, [r3, 28])
+    ldr(r7, [r3, 32])
+    ldr(r1, [r7, 0])        # A16 row
+    add(r7, 4)
+    str(r7, [r3, 32])
+    ldr(r2, [r3, 24])
     ldr(r4, [r3, 4])        # d
     ldr(r5, [r3, 8])        # sh
-    ldr(r3, [r3, 0])        # e
-    mov(r7, 1)
-    lsl(r7, r7, 30)
-    sub(r7, 1)
-    mov(r12, r7)            # LIM = 0x3FFFFFFF
+    ldr(r7, [r3, 12])       # refresh
+    cmp(r6, 0)
+    bne(go)
+    cmp(r7, 0)
+    bne(go)
+    b(rowdone)
+    label(go)
+    mov(r3, r6)             # e
     cmp(r5, 0)
     ble(nonpos)
-    sub(r5, 1)              # sh > 0: p = ((e x >> (sh - 1)) + 1) >> 1, as (e x + 2**(sh-1)) >> sh
-    label(pos)
+    sub(r5, 1)              # sh > 0: p = ((e x >> (sh - 1)) + 1) >> 1
+    cmp(r7, 0)
+    beq(posn)
+    label(posr)             # ... with the refresh of A16
     ldrb(r6, [r2, 0])
     data(2, 0xB276)         # sxtb r6, r6
     mul(r6, r3)
@@ -224,40 +267,64 @@ def _upd_a(r0, r1, r2, r3):
     asr(r6, r6, 1)
     ldr(r7, [r0, 0])
     sub(r7, r7, r6)         # v = A32 - p, saturated to +-LIM
-    mov(r6, r12)
-    cmp(r7, r6)
-    ble(p1)
-    mov(r7, r6)
-    label(p1)
-    neg(r6, r6)
-    cmp(r7, r6)
-    bge(p2)
-    mov(r7, r6)
-    label(p2)
+    data(2, 0x454F)         # cmp r7, r9
+    bgt(prhi)
+    data(2, 0x4557)         # cmp r7, r10
+    blt(prlo)
+    label(prback)
     str(r7, [r0, 0])
     mov(r6, r8)
-    cmp(r6, 0)
-    beq(p3)
-    mov(r6, 1)
-    lsl(r6, r6, 15)
     add(r6, r6, r7)
     asr(r6, r6, 16)
     strh(r6, [r1, 0])
-    label(p3)
     add(r0, 4)
     add(r1, 2)
     add(r2, 1)
     sub(r4, 1)
-    bne(pos)
-    b(done)
+    bne(posr)
+    b(rowdone)
+    label(prhi)
+    mov(r7, r9)
+    b(prback)
+    label(prlo)
+    mov(r7, r10)
+    b(prback)
+    label(posn)             # ... without it
+    ldrb(r6, [r2, 0])
+    data(2, 0xB276)         # sxtb r6, r6
+    mul(r6, r3)
+    asr(r6, r5)
+    add(r6, 1)
+    asr(r6, r6, 1)
+    ldr(r7, [r0, 0])
+    sub(r7, r7, r6)
+    data(2, 0x454F)         # cmp r7, r9
+    bgt(pnhi)
+    data(2, 0x4557)         # cmp r7, r10
+    blt(pnlo)
+    label(pnback)
+    str(r7, [r0, 0])
+    add(r0, 4)
+    add(r2, 1)
+    sub(r4, 1)
+    bne(posn)
+    b(rowdone)
+    label(pnhi)
+    mov(r7, r9)
+    b(pnback)
+    label(pnlo)
+    mov(r7, r10)
+    b(pnback)
     label(nonpos)
     neg(r5, r5)             # sh <= 0: p = clamp(e x, LIM >> -sh) << -sh
-    label(neg)
+    mov(r6, r9)
+    lsr(r6, r5)
+    mov(r12, r6)            # lim
+    label(negl)
     ldrb(r6, [r2, 0])
     data(2, 0xB276)         # sxtb r6, r6
     mul(r6, r3)
     mov(r7, r12)
-    lsr(r7, r5)
     cmp(r6, r7)
     ble(n1)
     mov(r6, r7)
@@ -270,22 +337,17 @@ def _upd_a(r0, r1, r2, r3):
     lsl(r6, r5)
     ldr(r7, [r0, 0])
     sub(r7, r7, r6)
-    mov(r6, r12)
-    cmp(r7, r6)
-    ble(n3)
-    mov(r7, r6)
-    label(n3)
-    neg(r6, r6)
-    cmp(r7, r6)
-    bge(n4)
-    mov(r7, r6)
-    label(n4)
+    data(2, 0x454F)         # cmp r7, r9
+    bgt(nhi)
+    data(2, 0x4557)         # cmp r7, r10
+    blt(nlo)
+    label(nback)
     str(r7, [r0, 0])
-    mov(r6, r8)
+    mov(r6, r11)
+    ldr(r6, [r6, 12])       # refresh
     cmp(r6, 0)
     beq(n5)
-    mov(r6, 1)
-    lsl(r6, r6, 15)
+    mov(r6, r8)
     add(r6, r6, r7)
     asr(r6, r6, 16)
     strh(r6, [r1, 0])
@@ -294,13 +356,80 @@ def _upd_a(r0, r1, r2, r3):
     add(r1, 2)
     add(r2, 1)
     sub(r4, 1)
-    bne(neg)
-    label(done)
-    pop({r7})
-    mov(r8, r7)
+    bne(negl)
+    b(rowdone)
+    label(nhi)
+    mov(r7, r9)
+    b(nback)
+    label(nlo)
+    mov(r7, r10)
+    b(nback)
+    label(rowdone)
+    mov(r3, r11)
+    ldr(r4, [r3, 20])
+    sub(r4, 1)
+    str(r4, [r3, 20])
+    beq(finish)
+    b(nextrow)
+    label(finish)
+    pop({r4, r5, r6, r7})
+    mov(r8, r4)
+    mov(r9, r5)
+    mov(r10, r6)
+    mov(r11, r7)
 
 
-_P = bytearray(20)  # upd_a's e, d, sh, refresh, k0 as int32, for _upd_a's fourth register
+@micropython.viper
+def upd_a_rows(A32, A16, X, E, d: int, sh: int, refresh: int, r: int, sx: int):
+    # upd_a of every rank row, row q with the step E[q] (A32, A16: the rows' addresses,
+    # row_table): one Thumb call
+    if d < 1:
+        return
+    P = ptr32(_P)
+    P[0] = int(ptr32(E))
+    P[1] = d
+    P[2] = sh
+    P[3] = refresh
+    P[4] = r
+    _upd_a_tab(A32, A16, X, _P)
+
+
+@micropython.viper
+def _address(b) -> int:
+    return int(ptr8(b))
+
+
+def row_table(blocks, d, size):
+    """The row kernels' form of an adapter's blocks of whole rows (size bytes per value): the
+    address of every row, in order, made once (a board's heap never moves an object)."""
+    n = 0
+    for b in blocks:
+        n += len(b) // d
+    out = zeros("I", n)
+    i = 0
+    for b in blocks:
+        a = _address(b)
+        for k in range(len(b) // d):
+            out[i] = a + k * d * size
+            i += 1
+    return out
+
+
+_P = bytearray(36)  # _upd_a_tab's int32 parameters and row state (its fourth register)
+_T32 = array("I", [0])  # one row's addresses (A32 / A16), for the single-row kernels
+_T16 = array("I", [0])
+_U1 = array("h", [0])
+_E1 = array("i", [0])
+
+
+@micropython.viper
+def adapter_u(A, X, d: int, ps: int, sh: int) -> int:
+    # one row of A: sat16(round((sum_k A[k] X[k], chunks of 512 pre-shifted by ps) / 2**sh))
+    T = ptr32(_T16)
+    T[0] = int(ptr8(A))
+    _adapter_u_tab(_T16, X, _U1, ps | ((sh + 16) << 4) | (1 << 10) | (d << 17))
+    U = ptr16(_U1)
+    return ((U[0] ^ 0x8000) - 0x8000)
 
 
 @micropython.viper
@@ -308,40 +437,16 @@ def upd_a(A32, A16, X, e: int, d: int, sh: int, refresh: int, sx: int):
     # one row: A32[k] = sat30(A32[k] - round(e X[k] / 2**sh)); if refresh: A16 = round(A32 / 2**16)
     if (e == 0 and refresh == 0) or d < 1:
         return
+    T = ptr32(_T32)
+    T[0] = int(ptr8(A32))
+    T = ptr32(_T16)
+    T[0] = int(ptr8(A16))
+    E = ptr32(_E1)
+    E[0] = e
     P = ptr32(_P)
-    P[0] = e
+    P[0] = int(ptr32(_E1))
     P[1] = d
     P[2] = sh
     P[3] = refresh
-    P[4] = 0
-    _upd_a(A32, A16, X, _P)
-
-
-@micropython.viper
-def upd_a_rows(A32, A16, X, E, d: int, sh: int, refresh: int, r: int, sx: int):
-    # upd_a of every rank row, row q with the step E[q] (A32, A16: blocks of whole rows), one
-    # Thumb call per row
-    if d < 1:
-        return
-    EE = ptr32(E)
-    P = ptr32(_P)
-    P[1] = d
-    P[2] = sh
-    P[3] = refresh
-    nb = int(len(A32))
-    q = 0
-    b = 0
-    while b < nb:
-        b32 = A32[b]
-        b16 = A16[b]
-        end = int(len(b32))
-        k0 = 0
-        while k0 < end:
-            e = EE[q]
-            if e != 0 or refresh != 0:
-                P[0] = e
-                P[4] = k0
-                _upd_a(b32, b16, X, _P)
-            q += 1
-            k0 += d
-        b += 1
+    P[4] = 1
+    _upd_a_tab(_T32, _T16, X, _P)

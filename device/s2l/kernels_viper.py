@@ -12,6 +12,7 @@
 # unix port and signed on 32-bit boards, so int32 loads go through (v << sx) >> sx with sx = 32
 # on 64-bit and 0 on 32-bit (passed in by kernels.py). Every literal fits a 31-bit small int.
 import micropython
+from .qmath import EXP2_Q14
 
 NAME = "viper"
 
@@ -285,6 +286,70 @@ def upd_a(A32: ptr32, A16: ptr16, X: ptr8, e: int, d: int, sh: int, refresh: int
             if refresh:
                 A16[k] = (v + 32768) >> 16
             k += 1
+
+
+@micropython.viper
+def softmax(Z: ptr32, Y32: ptr32, YQ: ptr32, E14: ptr32, C: int, m: int, sh: int, lab: int,
+            F: int, G16: ptr16, GE16: ptr16, sx: int) -> int:
+    # kernels_py.softmax: y = sat30(z + round(y32 m / 2**(15 + sh))), exp through EXP2_Q14,
+    # g = p - onehot and g F; sh in -30..32 (clamped where it is set: the same integers)
+    EXP = ptr16(EXP2_Q14)
+    best = 0
+    ybest = 0
+    c = 0
+    while c < C:
+        y = (Y32[c] << sx) >> sx
+        t = (y >> 15) * m + (((y & 0x7FFF) * m + 16384) >> 15)
+        if sh > 0:
+            t = ((t >> (sh - 1)) + 1) >> 1
+        elif sh < 0:
+            lim = 0x3FFFFFFF >> (0 - sh)
+            if t > lim:
+                t = lim
+            elif t < 0 - lim:
+                t = 0 - lim
+            t = t << (0 - sh)
+        y = ((Z[c] << sx) >> sx) + t
+        if y > 0x3FFFFFFF:
+            y = 0x3FFFFFFF
+        elif y < -0x3FFFFFFF:
+            y = -0x3FFFFFFF
+        YQ[c] = y
+        if c == 0 or y > ybest:
+            best = c
+            ybest = y
+        c += 1
+    tot = 0
+    c = 0
+    while c < C:
+        d = ybest - ((YQ[c] << sx) >> sx)
+        v = 0
+        if d < 720896:
+            w = (d >> 15) * 47274 + (((d & 0x7FFF) * 23637 + 8192) >> 14)
+            ip = w >> 16
+            if ip < 15:
+                fr = w & 0xFFFF
+                k = fr >> 10
+                t0 = EXP[k]
+                v = t0 - (((t0 - EXP[k + 1]) * (fr & 0x3FF) + 512) >> 10)
+                if ip:
+                    v = (v + (1 << (ip - 1))) >> ip
+        E14[c] = v
+        tot += v
+        c += 1
+    E14[C] = tot
+    E14[C + 1] = ybest - ((YQ[lab] << sx) >> sx)
+    if F:
+        half = tot >> 1
+        c = 0
+        while c < C:
+            g = (E14[c] * 32768 + half) // tot
+            if c == lab:
+                g -= 32768
+            G16[c] = (g + 1) >> 1
+            GE16[c] = (g * F + 32768) >> 16
+            c += 1
+    return best
 
 
 @micropython.viper

@@ -7,9 +7,18 @@
 # integers, and results are rounded by integer rules. Python ints are exact on every port
 # (long ints where needed), so the same inputs give the same constants everywhere.
 import struct
+from array import array
 
 ONE_BITS = 0x3F800000  # 1.0
 LIM = 0x3FFFFFFF  # the fixed path's int32 values saturate at +-LIM (2**30 - 1)
+# 2**(-k/64) in Q14 for k = 0..64: the integer softmax's exp, interpolated between entries
+EXP2_Q14 = array("H", (16384, 16208, 16033, 15860, 15689, 15520, 15353, 15188, 15024, 14862,
+                       14702, 14544, 14387, 14232, 14079, 13927, 13777, 13629, 13482, 13337,
+                       13193, 13051, 12910, 12771, 12634, 12498, 12363, 12230, 12098, 11968,
+                       11839, 11711, 11585, 11460, 11337, 11215, 11094, 10975, 10856, 10739,
+                       10624, 10509, 10396, 10284, 10173, 10064, 9955, 9848, 9742, 9637, 9533,
+                       9431, 9329, 9228, 9129, 9031, 8933, 8837, 8742, 8648, 8555, 8463, 8371,
+                       8281, 8192))
 
 
 def bits(x):

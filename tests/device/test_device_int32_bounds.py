@@ -67,7 +67,7 @@ def _op(name):
 
 for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
               "__rshift__", "__rrshift__", "__lshift__", "__rlshift__", "__and__", "__rand__",
-              "__xor__", "__rxor__", "__or__", "__ror__"):
+              "__xor__", "__rxor__", "__or__", "__ror__", "__floordiv__", "__rfloordiv__"):
     setattr(I32, _name, _op(_name))
 I32.__neg__ = lambda self: I32(-int(self))
 
@@ -111,10 +111,11 @@ I32.__or__ = I32.__ror__ = _i32_or
 
 
 def _kernels_py():
-    spec = importlib.util.spec_from_file_location("kernels_py", DEVICE / "s2l" / "kernels_py.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    sys.path.insert(0, str(DEVICE))
+    try:
+        return importlib.import_module("s2l.kernels_py")
+    finally:
+        sys.path.remove(str(DEVICE))
 
 
 K = _kernels_py()
@@ -204,6 +205,24 @@ for C, r in ((3, 4), (255, 64)):
                 CASES.append(("upd_b", [[b0] * (C * r), [0] * (C * r), [g] * C, [u] * r, C,
                                         r, sh, 1, 0]))
 CASES += BG_CASES
+# softmax: y32 and z at both saturated ends, every kind of shift of its range (SHS_RANGE)
+# with both ends of Ms; the exp table's edges (gaps around exp(-11), where the Q14 value
+# rounds to 0), with and without a step; and the largest sum of exp (MAX_CLASSES equal logits)
+SHS_RANGE = (-30, 32)
+for sh in (SHS_RANGE[0], -16, -1, 0, 1, 15, 31, SHS_RANGE[1]):
+    for m in (16384, 32767):
+        for y in (LIM, -LIM):
+            for z in (LIM, -LIM):
+                CASES.append(("softmax", [[z, -z, 0], [y, -y, 1], [0] * 3, [0] * 5, 3, m, sh, 0,
+                                          32767, [0] * 3, [0] * 3, 0]))
+_GAPS = [0, -1, -65536, -720895, -720896, -(1 << 20), -LIM]
+for F in (16384, 0):
+    CASES.append(("softmax", [_GAPS, [0] * 7, [0] * 7, [0] * 9, 7, 16384, 0, 6, F, [0] * 7,
+                              [0] * 7, 0]))
+MAX_CLASSES = 255  # formats.MAX_CLASSES
+CASES.append(("softmax", [[LIM] * MAX_CLASSES, [LIM] * MAX_CLASSES, [0] * MAX_CLASSES,
+                          [0] * (MAX_CLASSES + 2), MAX_CLASSES, 32767, SHS_RANGE[1],
+                          MAX_CLASSES - 1, 32767, [0] * MAX_CLASSES, [0] * MAX_CLASSES, 0]))
 # the bound on e = E[j] (upd_a's multiplier): the largest |E| of the bg worst cases
 
 
@@ -220,6 +239,10 @@ for d in (8, 512):
             for e in (E_MAX, -E_MAX):
                 CASES.append(("upd_a", [[a0] * d, [0] * d, [-128] * d, e, d, sh, 1, 0]))
                 CASES.append(("upd_a", [[a0] * d, [0] * d, [127] * d, e, d, sh, 1, 0]))
+# within a batch (no refresh of A16: it must stay as it was), and a zero step
+for sh in (-3, 6):
+    for e in (E_MAX, -E_MAX, 0):
+        CASES.append(("upd_a", [[LIM, -LIM, 5, -5] * 2, [7] * 8, [-128, 127] * 4, e, 8, sh, 0, 0]))
 
 
 
@@ -458,6 +481,10 @@ def test_cases_reach_every_end():
     # logits_bu: products of both signs onto both saturated ends
     lb = {(a[4][0], a[0][0] * a[1][0] > 0) for a in by["logits_bu"]}
     assert lb == {(y, p) for y in (LIM, -LIM) for p in (False, True)}
+    # softmax: y32 and z at +-LIM at both ends of its shift, and the most classes
+    sm = {(a[6], a[1][0], a[0][0]) for a in by["softmax"]}
+    assert {(sh, y, z) for sh in SHS_RANGE for y in (LIM, -LIM) for z in (LIM, -LIM)} <= sm
+    assert max(a[4] for a in by["softmax"]) == MAX_CLASSES
 
 
 # every float32 at an end of its range or of the exponent range: the smallest subnormal, the
@@ -469,7 +496,7 @@ def _f32_bytes(patterns):
     return bytearray(struct.pack("<%dI" % len(patterns), *patterns))
 
 
-def _fixed_path(fixedpath, d0, rank, w_scales, C):
+def _fixed_path(fixedpath, d0, rank, w_scales, C, alpha=1.0):
     """A Trainer's FixedPath as its constructor makes it, for a 2-layer model d0-C-C with the
     weight scales w_scales on both layers' C channels, skip adapters on both layers."""
     formats = _device("formats")
@@ -480,7 +507,7 @@ def _fixed_path(fixedpath, d0, rank, w_scales, C):
     data = types.SimpleNamespace(dtype=formats.I8)
     # formats.zeros fills a large array from range(n), which CPython's array('b') refuses
     with mock.patch.object(fixedpath, "zeros", lambda t, n: array(t, [0]) * n):
-        T = fixedpath.FixedPath(model, data, "skip-lora", [0, 1], rank, 1.0, 1.0, 0.0, None,
+        T = fixedpath.FixedPath(model, data, "skip-lora", [0, 1], rank, alpha, 1.0, 0.0, None,
                                 None, K)
     for a in T.ads:
         a.drawn = True  # the A draws are glue code (Python ints), not a kernel parameter
@@ -497,6 +524,7 @@ def test_trainer_parameters_stay_in_the_kernel_ranges():
     assert (fp.N_LO, fp.N_HI) == N_RANGE and fp.RQ_HI == RQ_RANGE[1]
     assert (fp.SHU_LO, fp.SHU_HI) == SHU_RANGE
     assert (fp.SHB_LO, fp.SHB_HI) == SHB_RANGE and (fp.SHA_LO, fp.SHA_HI) == SHA_RANGE
+    assert (fp.SHS_LO, fp.SHS_HI) == SHS_RANGE
     seen = {k: set() for k in ("n", "rq", "shu", "shb", "sha")}
     scales = F32_ENDS + (fp.SCALE_FLOOR - 1, fp.SCALE_FLOOR)
     lrs = (1, 0x3B800000, 0x7F7FFFFF)  # the smallest subnormal, 1/256, the largest
@@ -536,6 +564,22 @@ def test_trainer_parameters_stay_in_the_kernel_ranges():
                    ("sha", SHA_RANGE)):
         assert min(seen[k]) == rng[0] and max(seen[k]) == rng[1], (k, min(seen[k]),
                                                                    max(seen[k]))
+
+
+def test_softmax_shift_stays_in_its_range():
+    """The softmax's shift (FixedPath._s15, from alpha / rank) for alpha at every end of the
+    float32 range and rank 1 and 64 lands in SHS_RANGE, and the clamp is reached from both
+    sides; its Ms is a Q15 mantissa."""
+    fp, qmath, formats = _device("fixedpath"), _device("qmath"), _device("formats")
+    assert formats.MAX_CLASSES == MAX_CLASSES
+    seen = set()
+    for alpha in F32_ENDS:
+        for rank in (1, 64):
+            T = _fixed_path(fp, 8, rank, F32_ENDS, len(F32_ENDS), qmath.value(alpha))
+            Ms, sh = T._s15
+            assert SHS_RANGE[0] <= sh <= SHS_RANGE[1] and (1 << 14) <= Ms < (1 << 15)
+            seen.add(sh)
+    assert min(seen) == SHS_RANGE[0] and max(seen) == SHS_RANGE[1], seen
 
 
 def test_int8_predict_parameters_stay_in_the_kernel_ranges():
@@ -755,7 +799,7 @@ with open("out.jsonl", "w") as out:
                     i += 1
                 a = mv
             conv.append(a)
-        if name in ("dense_q16", "requant8", "logits_bu", "upd_b", "upd_a", "to_f32"):
+        if name in ("dense_q16", "requant8", "logits_bu", "upd_b", "upd_a", "to_f32", "softmax"):
             conv[-1] = SX
         args = types = line = None
         ret = getattr(K, name)(*conv)
@@ -789,7 +833,8 @@ TYPES = {"to_f32": ["i", None, None, None, "I"], "absmax_f32": ["I"],
          "adapter_u": ["h", "b"], "dense_q16": ["b", "b", None, None, None, "i", "b", "i", "i"],
          "requant8": ["i", None, None, None, None, "b"], "logits_bu": ["h", "h", None, None, "i"],
          "bg": ["h", "h", None, None, None, None, "i"],
-         "upd_b": ["i", "h", "h", "h"], "upd_a": ["i", "h", "b"]}
+         "upd_b": ["i", "h", "h", "h"], "upd_a": ["i", "h", "b"],
+         "softmax": ["i", "i", "i", "i", None, None, None, None, None, "h", "h"]}
 
 
 @pytest.mark.parametrize("kind,backend", [(k, "viper") for k in KINDS]
@@ -820,7 +865,7 @@ def test_viper_kernels_equal_checked_twin(tmp_path, kind, backend):
     for i, ((name, args, _), g) in enumerate(zip(cases, got)):
         want = _checked(i)
         assert g["ret"] == want["ret"], (name, g["ret"], want["ret"])
-        assert g["outs"] == [rle(o) for o in want["outs"]], name
+        assert g["outs"] == [rle(o) for o in want["outs"]], (name, i, args[4:9])
 
 
 # ---- the row-block kernels (adapter_u_rows, upd_a_rows): all rank rows of an adapter in one
@@ -893,7 +938,8 @@ for line in open("cases.jsonl"):
     if name == "upd_a_rows":
         A32 = [unrle("i", b) for b in blocks]
         A16 = [unrle("h", b) for b in b16]
-        K.upd_a_rows(A32, A16, X, array("i", E), d, sh, 1, r, SX)
+        K.upd_a_rows(K.row_table(A32, d, 4), K.row_table(A16, d, 2), X, array("i", E), d, sh,
+                     1, r, SX)
         RESULT(A32=[rle(b) for b in A32], A16=[rle(b) for b in A16])
     else:
         A16 = [unrle("h", b) for b in blocks]
@@ -901,7 +947,7 @@ for line in open("cases.jsonl"):
         ps = 0
         while (512 << ps) < d:
             ps += 1
-        K.adapter_u_rows(A16, X, d, ps, sh, U, r)
+        K.adapter_u_rows(K.row_table(A16, d, 2), X, d, ps, sh, U, r)
         RESULT(U=list(U))
     blocks = b16 = A32 = A16 = None
     gc.collect()
@@ -929,14 +975,17 @@ def test_row_cases_reach_the_ends():
         assert max(abs(c[1][q][0] - c[4][q] * c[3][0]) for q in range(c[7])) > LIM
 
 
-def test_python_row_kernels_equal_their_rows(tmp_path):
-    """kernels_py's row-block kernels (the statement the ulab ones are held to) give the checked
-    row kernels' integers row by row, on the unix port. viper has none: the Trainer calls its
-    row kernels per row (a viper row-block version cost 3.1 KB of heap on the Cortex-M0+,
-    loaded with kernels_viper even where thumb runs, for no measurable gain)."""
+@pytest.mark.parametrize("kind,backend", [("unix", "py")] + [(k, "thumb") for k in KINDS[1:]])
+def test_row_kernels_equal_their_rows(tmp_path, kind, backend):
+    """kernels_py's row-block kernels (the statement the ulab ones are held to) on the unix
+    port, and the Thumb ones (all rows of an adapter in one machine-code call, through the rows'
+    addresses of row_table) on both Cortex-M kinds, give the checked row kernels' integers row
+    by row. viper has none: the Trainer calls its row kernels per row (a viper row-block
+    version cost 3.1 KB of heap on the Cortex-M0+, loaded with kernels_viper even where thumb
+    runs, for no measurable gain)."""
     row_cases_file(tmp_path / "cases.jsonl")
-    res, _ = run(ROWS.replace("kernels.get(BACKEND)", "kernels.get('py')"), tmp_path,
-                 heap="16M", kind="unix")
+    res, _ = run(ROWS.replace("kernels.get(BACKEND)", "kernels.get(%r)" % backend), tmp_path,
+                 heap="16M", kind=kind, deploy="py" if kind == "unix" else "mpy")
     assert len(res) == len(ROW_CASES)
     bad = [i for i, (c, g) in enumerate(zip(ROW_CASES, res)) if not row_results_match(c, g)]
     assert bad == []
