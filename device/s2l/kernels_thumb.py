@@ -2,7 +2,7 @@
 #
 # Why: the viper dense loop costs ~54 instructions per multiply-add on armv6m (it loads,
 # sign-extends and boxes nothing, but keeps every value in memory); the loop here keeps the
-# row in registers and costs ~5.3 (measured in docs/BENCHMARKS.md, "Cortex-M"). Only the
+# row in registers and costs ~4.1 (measured in docs/BENCHMARKS.md, "Cortex-M"). Only the
 # armv6m (Thumb-1) subset is used, so the same code runs on an RP2040's M0+ and on any
 # M3/M4/M7/M33. The emitter has no register-offset LDRSB, so those two loads are emitted as
 # data() halfwords (0x5600 | Rm << 6 | Rn << 3 | Rt); every load is a byte load (aligned).
@@ -26,47 +26,113 @@ NAME = "thumb"
 @micropython.asm_thumb
 def _dots(r0, r1, r2, r3):
     # r0 W (nr rows of d int8), r1 X (d int8), r2 OUT (int32), r3 = j0 | d/4 << 12 | nr << 23:
-    # OUT[j0 + j] = sum_k W[j, k] X[k], d a multiple of 4. Indices run from -d up to 0 from
-    # the rows' ends, so the last add of each group of four sets the loop's flags.
+    # OUT[j0 + j] = sum_k W[j, k] X[k], d a multiple of 4. Rows go in pairs, each x loaded
+    # once for both (8 instructions per 2 multiply-adds), then an odd last row alone. Indices
+    # run from -d up to 0 from the rows' ends, so the last add of each group of four sets the
+    # loop's flags. r8..r11 (saved) hold OUT, the pairs left, d and r3.
+    mov(r4, r8)
+    mov(r5, r9)
+    mov(r6, r10)
+    mov(r7, r11)
+    push({r4, r5, r6, r7})
+    mov(r11, r3)
     mov(r4, r3)
     lsl(r4, r4, 20)
-    lsr(r4, r4, 18)   # 4 * j0
+    lsr(r4, r4, 18)         # 4 * j0
     add(r2, r2, r4)
-    mov(r4, r3)
-    lsr(r4, r4, 23)   # nr
-    mov(r12, r4)
-    lsl(r3, r3, 9)
-    lsr(r3, r3, 21)
-    lsl(r3, r3, 2)    # d
-    add(r1, r1, r3)
-    label(row)
-    add(r0, r0, r3)
-    neg(r4, r3)
+    mov(r8, r2)
+    lsl(r4, r3, 9)
+    lsr(r4, r4, 21)
+    lsl(r4, r4, 2)          # d
+    mov(r10, r4)
+    add(r1, r1, r4)         # X's end
+    lsr(r4, r3, 24)         # pairs of rows
+    mov(r9, r4)
+    cmp(r4, 0)
+    beq(single)
+    label(pair)
+    mov(r7, r10)
+    add(r0, r0, r7)         # row A's end
+    add(r2, r0, r7)         # row B's end
+    neg(r3, r7)
+    mov(r4, 0)
     mov(r5, 0)
-    label(inner)
-    data(2, 0x5706, 0x570F)
+    label(inner2)
+    data(2, 0x56CF, 0x56C6)  # ldrsb r7, [r1, r3]; ldrsb r6, [r0, r3]
+    mul(r6, r7)
+    add(r4, r4, r6)
+    data(2, 0x56D6)         # ldrsb r6, [r2, r3]
     mul(r6, r7)
     add(r5, r5, r6)
-    add(r4, r4, 1)
-    data(2, 0x5706, 0x570F)
+    add(r3, r3, 1)
+    data(2, 0x56CF, 0x56C6)  # ldrsb r7, [r1, r3]; ldrsb r6, [r0, r3]
+    mul(r6, r7)
+    add(r4, r4, r6)
+    data(2, 0x56D6)         # ldrsb r6, [r2, r3]
     mul(r6, r7)
     add(r5, r5, r6)
-    add(r4, r4, 1)
-    data(2, 0x5706, 0x570F)
+    add(r3, r3, 1)
+    data(2, 0x56CF, 0x56C6)  # ldrsb r7, [r1, r3]; ldrsb r6, [r0, r3]
+    mul(r6, r7)
+    add(r4, r4, r6)
+    data(2, 0x56D6)         # ldrsb r6, [r2, r3]
     mul(r6, r7)
     add(r5, r5, r6)
-    add(r4, r4, 1)
-    data(2, 0x5706, 0x570F)
+    add(r3, r3, 1)
+    data(2, 0x56CF, 0x56C6)  # ldrsb r7, [r1, r3]; ldrsb r6, [r0, r3]
+    mul(r6, r7)
+    add(r4, r4, r6)
+    data(2, 0x56D6)         # ldrsb r6, [r2, r3]
     mul(r6, r7)
     add(r5, r5, r6)
-    add(r4, r4, 1)
-    bne(inner)
-    str(r5, [r2, 0])
-    add(r2, 4)
-    mov(r4, r12)
-    sub(r4, 1)
-    mov(r12, r4)
-    bne(row)
+    add(r3, r3, 1)
+    bne(inner2)
+    mov(r7, r8)
+    str(r4, [r7, 0])
+    str(r5, [r7, 4])
+    add(r7, 8)
+    mov(r8, r7)
+    mov(r0, r2)
+    mov(r7, r9)
+    sub(r7, 1)
+    mov(r9, r7)
+    bne(pair)
+    label(single)
+    mov(r3, r11)
+    lsr(r3, r3, 23)
+    mov(r4, 1)
+    and_(r3, r4)            # nr odd: its last row
+    beq(done)
+    mov(r7, r10)
+    add(r0, r0, r7)
+    neg(r3, r7)
+    mov(r4, 0)
+    label(inner1)
+    data(2, 0x56CF, 0x56C6)  # ldrsb r7, [r1, r3]; ldrsb r6, [r0, r3]
+    mul(r6, r7)
+    add(r4, r4, r6)
+    add(r3, r3, 1)
+    data(2, 0x56CF, 0x56C6)  # ldrsb r7, [r1, r3]; ldrsb r6, [r0, r3]
+    mul(r6, r7)
+    add(r4, r4, r6)
+    add(r3, r3, 1)
+    data(2, 0x56CF, 0x56C6)  # ldrsb r7, [r1, r3]; ldrsb r6, [r0, r3]
+    mul(r6, r7)
+    add(r4, r4, r6)
+    add(r3, r3, 1)
+    data(2, 0x56CF, 0x56C6)  # ldrsb r7, [r1, r3]; ldrsb r6, [r0, r3]
+    mul(r6, r7)
+    add(r4, r4, r6)
+    add(r3, r3, 1)
+    bne(inner1)
+    mov(r7, r8)
+    str(r4, [r7, 0])
+    label(done)
+    pop({r4, r5, r6, r7})
+    mov(r8, r4)
+    mov(r9, r5)
+    mov(r10, r6)
+    mov(r11, r7)
 
 
 # dense_q16 packs j0, d_in / 4 and nr in one small int (12 + 11 + 7 bits) for _dots; a block

@@ -165,6 +165,9 @@ for d_in in (512, 4096):
         for bias in (LIM, -LIM):
             CASES.append(("dense_q16", [[-128] * d_in + [127] * d_in, [-128] * d_in, d_in, 0,
                                         2, [32767, 16384], [n, n], [bias, bias], [0, 0], 0]))
+# one row alone (the Thumb loop's rows go in pairs, an odd last row alone)
+CASES.append(("dense_q16", [[-128] * 512, [-128] * 512, 512, 0, 1, [32767] * 6, [15] * 6,
+                            [LIM] * 6, [0] * 6, 0]))
 for n in DENSE_N:
     CASES.append(("dense_q16", [[1] + [0] * 7 + [-1] + [0] * 7 + [0] * 8, [1] * 8, 8, 0, 3,
                                 [16384, 16384, 32767], [n, n, n], [5, -5, 5], [0, 0, 0], 0]))
