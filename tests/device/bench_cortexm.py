@@ -4,17 +4,21 @@ batch 1, lr 0.01), read from the board's instruction-count clock (time.ticks_us 
 -icount shift=3: 125 instructions per us).
 
     .venv/bin/python tests/device/bench_cortexm.py [--kind cortex-m0plus] [--backends thumb,viper]
-        [--epochs 20] [--n 533] [--json out.json]
+        [--epochs 20] [--n 533] [--repeat 2] [--json out.json]
         [--figures docs/BENCHMARKS.json --report docs/BENCHMARKS.md]
+        [--m4f-bench out/bench-m4f.json] [--from-json out.json] [--previous old.json]
 
-With --figures the result goes into that figures file (key "cortexm") and --report renders
-the report from it again (host/skip2lora/bench/report.py, section "Cortex-M").
+With --figures the result goes into that figures file (key "cortexm", the one it replaces, if
+from another commit, as "cortexm_previous") and --report renders the report from it again
+(host/skip2lora/bench/cortexm.py, section "Cortex-M"); --m4f-bench adds the float-against-float
+ratio of a `skip2lora bench --quick` run on a cortex-m4f board (`make bench` makes one).
 
 Stages: calibration (the L-1 passes of prepare()), the cache build's compute (one frozen
 forward per sample) and its file write (the build with nothing to compute), one cached epoch,
 save, and predict of one sample; the whole fit of `--epochs` epochs as Trainer.fit times it;
-and instructions per multiply-add of dense_q16 (64 x 512, the fan model's first layer, blocks
-of 2 KB, call included) per backend. docs/BENCHMARKS.md, "Cortex-M", holds its output.
+where a cached step's time goes (its kernel calls and file reads timed from inside); the cost
+of a slice store into the RAM disk's memoryview; and instructions per multiply-add of dense_q16
+(64 x 512, the fan model's first layer, blocks of 2 KB, call included) per backend.
 """
 import argparse
 import json
@@ -62,9 +66,52 @@ fwd.logits(x)
 t6 = T()
 fwd.logits(x)
 t7 = T()
+fwd = None
+# Where a cached step's instructions go: N steps as fit runs them, then the same N steps with
+# every kernel call (and the cache and dataset reads) timed from inside; the rest of the step
+# is interpreter work around them and the collections its garbage causes.
+import gc
+N = min(n, 100)
+gc.collect()
+s0 = T()
+for k in range(N):
+    a.step(k, 1, True)
+step_us = (T() - s0) / N
+spent = [0, 0]
+calls = [0, 0]
+def timed(f, slot):
+    def call(*args):
+        s = T()
+        r = f(*args)
+        spent[slot] += T() - s
+        calls[slot] += 1
+        return r
+    return call
+nop = timed(lambda *args: None, 0)
+for k in range(N):
+    nop(k)
+tick_us = spent[0] / N  # what timing an empty call measures: taken off every timed call
+spent[0] = calls[0] = 0
+K = a.K
+class Timed:
+    pass
+tk = Timed()
+for name in ("adapter_u_rows", "adapter_u", "logits_bu", "softmax", "bg", "upd_b",
+             "upd_a_rows", "upd_a", "dense_q16", "requant8"):
+    if hasattr(K, name):
+        setattr(tk, name, timed(getattr(K, name), 0))
+a.K = tk
+a.cache.read = timed(a.cache.read, 1)
+a._load_x1 = timed(a._load_x1, 1)
+gc.collect()
+for k in range(N):
+    a.step(k, 1, True)
+a.K = K
 RESULT(n=n, calib_us=t1 - t0, frozen_us=t2 - t1, write_us=t3 - t2, fit_us=t4 - t3,
        save_us=t5 - t4, predict_us=t7 - t6,
-       epochs=[[h["epoch"], h["ms"], h["acc"], h["loss"]] for h in t.history])
+       epochs=[[h["epoch"], h["ms"], h["acc"], h["loss"]] for h in t.history],
+       step_us=step_us, kernels_us=(spent[0] - calls[0] * tick_us) / N,
+       reads_us=(spent[1] - calls[1] * tick_us) / N, calls=[c / N for c in calls])
 """
 
 KERNEL = r"""
@@ -93,8 +140,28 @@ for name in kernels.available():
         for w, j0, nr in blocks:
             K.dense_q16(w, xq, c, j0, nr, M, N, B, O, kernels.SX)
     out[name] = (time.ticks_us() - t0) / (reps * r * c)
-RESULT(us_per_mac=out)
+# the RAM disk's block device stores a program into a memoryview of the whole disk: the cost
+# of a 32-byte slice store into such a view, against one into a 4 KB view
+store = {}
+try:
+    from uctypes import bytearray_at
+    b32 = bytearray(32)
+    for key, size in (("disk", 4 * 1024 * 1024), ("block", 4096)):
+        mv = memoryview(bytearray_at(0x20000000 + 4 * 1024 * 1024 - size, size))
+        t0 = time.ticks_us()
+        for _ in range(20):
+            mv[0:32] = mv[0:32]
+        store[key] = (time.ticks_us() - t0) / 20
+        mv = None
+except ImportError:
+    pass
+RESULT(us_per_mac=out, slice_store_us=store)
 """
+
+
+# the figures compared across repeat runs (--repeat): all but the file write come from the
+# instruction count alone
+REPEATED = ("calib_us", "frozen_us", "write_us", "fit_us", "save_us", "predict_us", "step_us")
 
 
 def stages(kind, backend, epochs, work):
@@ -106,61 +173,69 @@ def stages(kind, backend, epochs, work):
     return res[0]
 
 
-def table(rows):
-    head = ("| stage | " + " | ".join(b for b in rows) + " |\n|---|"
-            + "---:|" * len(rows) + "\n")
-    lines = []
-    n = next(iter(rows.values()))["n"]
-    ms = lambda us: "%.2f" % (us / 1000)  # noqa: E731
-    for label, f in (
-            ("calibration, ms per sample (2 passes)", lambda r: ms(r["calib_us"] / n)),
-            ("cache build compute, ms per sample", lambda r: ms(r["frozen_us"] / n)),
-            ("cache file write, s (%d records)" % n, lambda r: "%.1f" % (r["write_us"] / 1e6)),
-            ("epoch 1 (calibration + build + epoch), s", lambda r: "%.1f" % (r["epochs"][0][1] / 1e3)),
-            ("cached epoch, ms per sample", lambda r: ms(1000 * r["epochs"][-1][1] / n)),
-            ("fit of all epochs, s", lambda r: "%.1f" % (r["fit_us"] / 1e6)),
-            ("save, ms", lambda r: ms(r["save_us"])),
-            ("predict one sample (int8 forward), ms", lambda r: ms(r["predict_us"])),
-            ("dense_q16 instructions per MAC", lambda r: "%.1f" % (r["us_per_mac"] * MIPS)),
-            ("train accuracy after the last epoch", lambda r: "%.4f" % r["epochs"][-1][2])):
-        lines.append("| %s | %s |" % (label, " | ".join(f(r) for r in rows.values())))
-    return head + "\n".join(lines)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--kind", default="cortex-m0plus")
     ap.add_argument("--backends", default="thumb,viper")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--n", type=int, default=533)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each backend this many times: the report gives the spread")
     ap.add_argument("--json")
     ap.add_argument("--figures", help="figures file to put the result into (key 'cortexm')")
     ap.add_argument("--report", help="render this report from the updated figures")
+    ap.add_argument("--m4f-bench", help="the JSON of `skip2lora bench --quick --port` run on a "
+                    "cortex-m4f board: its float-against-float ratio goes into the figures")
+    ap.add_argument("--from-json", help="measure nothing: take the result of an earlier run "
+                    "(its --json) and put it into --figures")
+    ap.add_argument("--previous", help="a figures file whose 'cortexm' becomes the report's "
+                    "previous-run column (default: the one --figures holds, if from another commit)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+    else:
+        result = measure(args)
+    from skip2lora.bench import report as bench_report
+    print("\n".join(bench_report.cortexm_lines({"cortexm": result})))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.figures:
+        figures = json.loads(Path(args.figures).read_text())
+        before = figures.get("cortexm")
+        if args.previous:
+            before = json.loads(Path(args.previous).read_text()).get("cortexm")
+        if before and before.get("commit") != result["commit"] and before.get("kind") == args.kind:
+            figures["cortexm_previous"] = before  # the report's "previous run" column
+        figures["cortexm"] = result
+        if args.m4f_bench:
+            from skip2lora.bench.cortexm import m4f_summary
+            figures["cortexm_m4f"] = m4f_summary(json.loads(Path(args.m4f_bench).read_text()))
+        bench_report.write_json(figures, args.figures)
+        if args.report:
+            from skip2lora.bench.plots import cortexm_plot
+            cortexm_plot(figures, Path(args.report).parent)
+            bench_report.report(figures, args.report, plots=False)
+
+
+def measure(args):
+    """Every stage on the board, per backend (--repeat runs of each): the result's figures."""
     work = Path(tempfile.mkdtemp())
     S.build(work, n_finetune=args.n)
     kres, _ = run(KERNEL, work, kind=args.kind, files=["model-int8.s2lm"])
     rows = {}
     for b in args.backends.split(","):
-        rows[b] = stages(args.kind, b, args.epochs, work)
-        rows[b]["us_per_mac"] = kres[0]["us_per_mac"][b]
+        runs = [stages(args.kind, b, args.epochs, work) for _ in range(args.repeat)]
+        rows[b] = dict(runs[0], us_per_mac=kres[0]["us_per_mac"][b])
+        if len(runs) > 1:
+            rows[b]["repeats"] = [{k: r[k] for k in REPEATED} for r in runs]
         print(b, json.dumps(rows[b]), flush=True)
     print("kernels, instructions per MAC:", {k: round(v * MIPS, 1)
                                              for k, v in kres[0]["us_per_mac"].items()})
-    print(table(rows))
     from skip2lora.training.experiments import source_revision
-    result = {"kind": args.kind, "rows": rows, "mips": MIPS,
-              "kernels_us_per_mac": kres[0]["us_per_mac"],
-              "commit": (source_revision() or {}).get("commit") or "?"}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    if args.figures:
-        from skip2lora.bench import report as bench_report
-        figures = json.loads(Path(args.figures).read_text())
-        figures["cortexm"] = result
-        bench_report.write_json(figures, args.figures)
-        if args.report:
-            bench_report.report(figures, args.report, plots=False)
+    return {"kind": args.kind, "rows": rows, "mips": MIPS,
+            "kernels_us_per_mac": kres[0]["us_per_mac"],
+            "slice_store_us": kres[0].get("slice_store_us"),
+            "commit": (source_revision() or {}).get("commit") or "?"}
 
 
 if __name__ == "__main__":

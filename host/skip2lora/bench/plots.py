@@ -1,4 +1,5 @@
-"""The two plots beside docs/BENCHMARKS.md: cumulative time per method, accuracy per checkpoint.
+"""The plots beside docs/BENCHMARKS.md: cumulative time per method, accuracy per checkpoint,
+and the time per epoch on the emulated Cortex-M boards.
 
 Apart from report.py because they need matplotlib (imported only here, and only when a plot
 is drawn) and because their look changes for other reasons than the report's wording.
@@ -10,6 +11,7 @@ import numpy as np
 from skip2lora.bench.run import RUNS
 
 PNG_NAMES = ("bench_time.png", "bench_accuracy.png")
+CORTEXM_PNG = "bench_cortexm.png"
 
 
 def plot(figures, outdir):
@@ -21,7 +23,42 @@ def plot(figures, outdir):
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    return [_time_plot(plt, figures, outdir), _accuracy_plot(plt, figures, outdir)]
+    out = [_time_plot(plt, figures, outdir), _accuracy_plot(plt, figures, outdir)]
+    if figures.get("cortexm"):
+        cortexm_plot(figures, outdir)  # shown in the Cortex-M section itself
+    return out
+
+
+def cortexm_plot(figures, outdir):
+    """docs/bench_cortexm.png: time per epoch on the emulated Cortex-M boards, by method and
+    kernel backend (Skip2-LoRA's backends on the M0+, every method on the M4F)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    C, M = figures["cortexm"], figures.get("cortexm_m4f")
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    for b, r in C["rows"].items():
+        ep = [e[0] for e in r["epochs"]]
+        ax.plot(ep, [e[1] / 1000 for e in r["epochs"]], marker="o", ms=3,
+                label=f"{C['kind']}: skip2lora ({b}), {r['n']} samples")
+    if M:
+        for name, r in M["runs"].items():
+            ems = r["epoch_ms"]
+            ax.plot(range(1, len(ems) + 1), [x / 1000 for x in ems], ls="--", marker="s", ms=3,
+                    label=f"cortex-m4f: {name} ({r['backend']}), {M['n']} samples")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("time of the epoch on the board (s, instruction count)")
+    ax.set_title("Time per epoch on the emulated Cortex-M boards", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = Path(outdir) / CORTEXM_PNG
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _time_plot(plt, figures, outdir):

@@ -13,6 +13,7 @@ import numpy as np
 
 from skip2lora.bench.projection import (ESP32_MHZ, FLASH_MS_PER_BLOCK, M0_PY_FLOAT_US,
                                         M0_VIPER_INT8_US, RP2040_MHZ, SECTOR, board_projection)
+from skip2lora.bench.cortexm import cortexm_lines
 from skip2lora.bench.plots import PNG_NAMES, plot
 from skip2lora.bench.run import COMPARISONS, RUNS
 from skip2lora.bench.ulab import later_ms, pairs
@@ -44,7 +45,8 @@ def render(figures, pngs=PNG_NAMES):
     one function per section."""
     sections = (_intro(figures), _where(figures), _headline(figures), _targets(figures),
                 _times(figures), _accuracy(figures), _heap_flash(figures), _kernels(figures),
-                _ulab(figures), _cortexm(figures), _bound(figures), _plots(pngs), _real_board(figures), _board_notes(figures),
+                _ulab(figures), cortexm_lines(figures), _bound(figures), _plots(pngs),
+                _real_board(figures), _board_notes(figures),
                 _closing(figures))
     return "\n".join(line for section in sections for line in section)
 
@@ -397,66 +399,6 @@ def _ulab(F):
       "circuitpython interpreter, is " + ("met." if ratios and max(ratios) <= 0.1 else
                             f"not met: epoch 1 takes {ratios[0]:.2f} of the Python time "
                             f"there, later epochs {ratios[1]:.2f}." if ratios else "not measured."))
-    w("")
-    return L
-
-
-def _cortexm(F):
-    """Per-stage cost on an emulated Cortex-M board by kernel backend
-    (tests/device/bench_cortexm.py, which adds key 'cortexm' to the figures)."""
-    C = F.get("cortexm")
-    if not C:
-        return []
-    rows, mips = C["rows"], C.get("mips", 125)
-    n = next(iter(rows.values()))["n"]
-    L = []
-    w = L.append
-    w(f"## Cortex-M: where a fine-tune's instructions go ({C['kind']})\n")
-    w(f"Measured by tests/device/bench_cortexm.py on commit {C.get('commit', '?')[:12]} under "
-      f"QEMU with `-icount shift=3`: the board's `time.ticks_us` counts instructions at "
-      f"{mips} per microsecond (no wait states, no flash cache misses), and repeat runs give "
-      f"the same count for the computing stages. Skip2-LoRA on the fan model "
-      f"(silentA-to-noisy, 512-64-64-3 int8, {n} samples, r = 4 on every layer input, "
-      f"lr 0.01, batch 1, {len(next(iter(rows.values()))['epochs'])} epochs), one column per "
-      f"kernel backend (`thumb`: asm_thumb, kernels_thumb.py; `viper`: the code before it; "
-      f"both give the same losses, accuracies and bytes). *File write* is the cache build "
-      f"with nothing to compute: LittleFS writing the records to the 4 MiB RAM disk through "
-      f"the firmware's Python block device (../shared/platforms, _boot.py: VfsLfs2 at its "
-      f"32-byte read and program sizes, a memoryview slice allocated per call). It is the "
-      f"one stage that varies between runs of the same code: 3.2 to 20.7 s for these records "
-      f"while this table was made (not explained yet; the heap's state is the likely cause, "
-      f"since the device allocates a slice per call); with "
-      f"1024-byte sizes the same 75 KB took 0.23 s instead of 14.4 s.\n")
-    names = list(rows)
-    w("| stage | " + " | ".join(f"`{b}`" for b in names) + " |")
-    w("|---|" + "---:|" * len(names))
-    per = lambda us: f"{us / 1000:.2f} ms"  # noqa: E731
-    for label, f in (
-            ("calibration (L-1 = 2 passes), per sample", lambda r: per(r["calib_us"] / n)),
-            ("cache build: compute, per sample", lambda r: per(r["frozen_us"] / n)),
-            ("cache build: file write, all records", lambda r: f"{r['write_us'] / 1e6:.1f} s"),
-            ("epoch 1 (calibration, build, epoch)", lambda r: f"{r['epochs'][0][1] / 1e3:.1f} s"),
-            ("cached epoch, per sample", lambda r: per(1000 * r["epochs"][-1][1] / n)),
-            ("cached epoch", lambda r: f"{r['epochs'][-1][1] / 1e3:.2f} s"),
-            (f"all {len(rows[names[0]]['epochs'])} epochs (Trainer.fit)",
-             lambda r: f"{r['fit_us'] / 1e6:.1f} s"),
-            ("save (adapters + .state)", lambda r: f"{r['save_us'] / 1e6:.1f} s"),
-            ("predict one sample (int8 forward, no adapters)", lambda r: per(r["predict_us"])),
-            ("train accuracy, last epoch", lambda r: _pct(r["epochs"][-1][2]))):
-        w(f"| {label} | " + " | ".join(f(rows[b]) for b in names) + " |")
-    k = C.get("kernels_us_per_mac") or {}
-    if k:
-        w("\nInstructions per multiply-add of `dense_q16` on the first layer's shape (64 x 512 "
-          "in 2 KB row blocks, calls and the output step included): "
-          + ", ".join(f"`{b}` {v * mips:.1f}" for b, v in k.items()) + "; the Thumb loop "
-          "itself takes 21 instructions per 4 multiply-adds (2 LDRSB, MULS, ADDS and an index "
-          "ADDS each, then one BNE).")
-    w("\nOn a real RP2040 (datasheet: Cortex-M0+ at 125-133 MHz, SRAM without wait states, "
-      "single-cycle multiplier) an instruction is not one cycle: loads, stores and taken "
-      "branches take 2, so the Thumb loop's 21 instructions are about 31 cycles. The kernels' "
-      "machine code sits in the heap (SRAM); the interpreter runs from flash through the "
-      "16 KB XIP cache, whose misses (a QSPI read) come on top of the count for every stage "
-      "outside the kernels, and flash erase and program times on top of the file writes.")
     w("")
     return L
 
