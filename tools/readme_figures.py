@@ -145,7 +145,8 @@ def defaults_lines(results, name="digits-shifted", tolerance_pt=2.0):
 
 def kinds_lines(kinds):
     rows = {(r["kind"], r["backend"]): r for r in kinds["rows"]}
-    m0, m4 = rows.get(("cortex-m0plus", "viper")), rows.get(("cortex-m4f", "viper"))
+    backend = "thumb" if ("cortex-m0plus", "thumb") in rows else "viper"
+    m0, m4 = rows.get(("cortex-m0plus", backend)), rows.get(("cortex-m4f", backend))
     if not (m0 and m4):
         return []
     same = all(r.get("identical") for r in kinds["rows"])
@@ -154,7 +155,8 @@ def kinds_lines(kinds):
         f"counts at 125 MIPS): fine-tuning on {kinds['samples']} fan spectra takes "
         f"{m0['epoch1_ms'] / 1000:.1f} s for the first epoch (calibration and the Skip-Cache "
         f"build) and {m0['later_ms'] / 1000:.1f} s per later epoch on a Cortex-M0+ with the "
-        f"viper kernels ({m4['epoch1_ms'] / 1000:.1f} s and {m4['later_ms'] / 1000:.1f} s on "
+        f"{'Thumb (asm_thumb)' if backend == 'thumb' else 'viper'} kernels "
+        f"({m4['epoch1_ms'] / 1000:.1f} s and {m4['later_ms'] / 1000:.1f} s on "
         f"a Cortex-M4F); an int8 `predict()` takes {m0['predict_ms']:.1f} ms. "
         + (f"The adapters, their state and the Skip-Cache come out byte for byte the same on "
            f"all {len(rows)} kind/backend runs." if same else
