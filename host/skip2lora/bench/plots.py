@@ -33,6 +33,7 @@ def cortexm_plot(figures, outdir):
     """docs/bench_cortexm.png: time per epoch on the emulated Cortex-M boards, by method and
     kernel backend (Skip2-LoRA's backends on the M0+, every method on the M4F)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -49,6 +50,7 @@ def cortexm_plot(figures, outdir):
             ax.plot(range(1, len(ems) + 1), [x / 1000 for x in ems], ls="--", marker="s", ms=3,
                     label=f"cortex-m4f: {name} ({r['backend']}), {M['n']} samples")
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("time of the epoch on the board (s, instruction count)")
     ax.set_title("Time per epoch on the emulated Cortex-M boards", fontsize=9)
