@@ -62,7 +62,7 @@ bench: $(STAMP)
 	SKIP2LORA_RUN_DIR=$(M4F_RUN) $(BIN)/skip2lora bench --quick --port $(M4F_RUN)/tty \
 		--workdir out/bench-m4f --json out/bench-m4f.json; st=$$?; \
 		SKIP2LORA_RUN_DIR=$(M4F_RUN) $(BIN)/skip2lora board stop; exit $$st
-	$(BIN)/python tests/device/bench_cortexm.py --repeat 2 --m4f-bench out/bench-m4f.json \
+	$(BIN)/python tests/device/bench_cortexm.py --repeat 2 --direct-disk --m4f-bench out/bench-m4f.json \
 		--figures docs/BENCHMARKS.json --report docs/BENCHMARKS.md
 	$(BIN)/python tools/readme_figures.py
 

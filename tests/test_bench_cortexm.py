@@ -78,3 +78,16 @@ def test_m4f_ratio_from_a_bench_json():
                                                     cortexm_m4f=M)))
     assert "a cached Skip2-LoRA epoch takes 0.200 of LoRA-All's (80.0 % less)" in text
     assert "Skip2-LoRA on `thumb` takes 0.0200 of LoRA-All's epoch" in text
+
+
+def test_direct_disk_column_gets_its_own_target_lines():
+    rows = {"thumb": _row(30.0, 8.0, 5.0, 1.2, 0.1),
+            "thumb, direct disk": dict(_row(9.0, 2.0, 0.0, 0.3, 0.1), direct_disk=True)}
+    F = _figures(rows["thumb"])
+    F["cortexm"]["rows"] = rows
+    text = "\n".join(cortexm.cortexm_lines(F))
+    assert "| 20 epochs, RAM disk through a direct block device | 9.0 s | met |" in text
+    assert "| the cache-building epoch, direct block device | 2.0 s | met |" in text
+    assert "A column marked *direct disk*" in text
+    # the first column still decides the plain targets
+    assert "| 20 epochs over 533 samples <= 10 s | 30.0 s | **missed**" in text

@@ -164,8 +164,35 @@ RESULT(us_per_mac=out, slice_store_us=store)
 REPEATED = ("calib_us", "frozen_us", "write_us", "fit_us", "save_us", "predict_us", "step_us")
 
 
-def stages(kind, backend, epochs, work):
+# --direct-disk: the same LittleFS on the same RAM, remounted through a block device that
+# copies only the bytes asked (as a board's C flash driver does, minus the flash's own erase
+# and program time), so that the stages show the package's cost without the rig's slice store
+DIRECT_DISK = r"""
+import os, vfs
+from uctypes import bytearray_at
+
+
+class DirectRAMDisk:
+    def readblocks(self, n, buf, off=0):
+        buf[:] = bytearray_at(0x20000000 + n * 4096 + off, len(buf))
+
+    def writeblocks(self, n, buf, off=0):
+        bytearray_at(0x20000000 + n * 4096 + off, len(buf))[:] = buf
+
+    def ioctl(self, op, arg):
+        return 1024 if op == 4 else (4096 if op == 5 else 0)
+
+
+vfs.umount("/")
+vfs.mount(vfs.VfsLfs2(DirectRAMDisk()), "/")
+os.chdir("/")
+"""
+
+
+def stages(kind, backend, epochs, work, direct_disk=False):
     script = SCRIPT.replace("BACKEND", repr(backend)).replace("EPOCHS", str(epochs))
+    if direct_disk:
+        script = DIRECT_DISK + script
     for name in ("c.s2lc", "a.s2la", "a.s2la.state"):
         (work / name).unlink(missing_ok=True)
     res, _ = run(script, work, kind=kind, timeout=7200,
@@ -179,6 +206,9 @@ def main(argv=None):
     ap.add_argument("--backends", default="thumb,viper")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--n", type=int, default=533)
+    ap.add_argument("--direct-disk", action="store_true",
+                    help="also run the first backend on the RAM disk remounted through a block "
+                         "device that copies only the bytes asked (column '<backend>, direct disk')")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each backend this many times: the report gives the spread")
     ap.add_argument("--json")
@@ -229,6 +259,12 @@ def measure(args):
         if len(runs) > 1:
             rows[b]["repeats"] = [{k: r[k] for k in REPEATED} for r in runs]
         print(b, json.dumps(rows[b]), flush=True)
+    if args.direct_disk:
+        b = args.backends.split(",")[0]
+        name = b + ", direct disk"
+        rows[name] = dict(stages(args.kind, b, args.epochs, work, direct_disk=True),
+                          us_per_mac=kres[0]["us_per_mac"][b], direct_disk=True)
+        print(name, json.dumps(rows[name]), flush=True)
     print("kernels, instructions per MAC:", {k: round(v * MIPS, 1)
                                              for k, v in kres[0]["us_per_mac"].items()})
     from skip2lora.training.experiments import source_revision
