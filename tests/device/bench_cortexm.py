@@ -67,11 +67,13 @@ t6 = T()
 fwd.logits(x)
 t7 = T()
 fwd = None
-# Where a cached step's instructions go: N steps as fit runs them, then the same N steps with
-# every kernel call (and the cache and dataset reads) timed from inside; the rest of the step
-# is interpreter work around them and the collections its garbage causes.
+# Where a cached step's instructions go: N steps as fit runs them, then NT steps with every
+# kernel call (and the cache and dataset reads) timed from inside, the collector off so that
+# no collection lands inside a timed call; the rest of the step is interpreter work around
+# them and the collections its garbage causes.
 import gc
 N = min(n, 100)
+NT = min(n, 30)  # the timed steps' garbage (argument tuples) must fit the free heap
 gc.collect()
 s0 = T()
 for k in range(N):
@@ -88,9 +90,12 @@ def timed(f, slot):
         return r
     return call
 nop = timed(lambda *args: None, 0)
-for k in range(N):
+gc.collect()
+gc.disable()
+for k in range(NT):
     nop(k)
-tick_us = spent[0] / N  # what timing an empty call measures: taken off every timed call
+gc.enable()
+tick_us = spent[0] / NT  # what timing an empty call measures: taken off every timed call
 spent[0] = calls[0] = 0
 K = a.K
 class Timed:
@@ -104,14 +109,16 @@ a.K = tk
 a.cache.read = timed(a.cache.read, 1)
 a._load_x1 = timed(a._load_x1, 1)
 gc.collect()
-for k in range(N):
+gc.disable()
+for k in range(NT):
     a.step(k, 1, True)
+gc.enable()
 a.K = K
 RESULT(n=n, calib_us=t1 - t0, frozen_us=t2 - t1, write_us=t3 - t2, fit_us=t4 - t3,
        save_us=t5 - t4, predict_us=t7 - t6,
        epochs=[[h["epoch"], h["ms"], h["acc"], h["loss"]] for h in t.history],
-       step_us=step_us, kernels_us=(spent[0] - calls[0] * tick_us) / N,
-       reads_us=(spent[1] - calls[1] * tick_us) / N, calls=[c / N for c in calls])
+       step_us=step_us, kernels_us=(spent[0] - calls[0] * tick_us) / NT,
+       reads_us=(spent[1] - calls[1] * tick_us) / NT, calls=[c / NT for c in calls])
 """
 
 KERNEL = r"""

@@ -193,9 +193,10 @@ def _step_lines(rows, names):
         step, kern, reads = r["step_us"], r["kernels_us"], r["reads_us"]
         rest = step - kern - reads
         if not L:
-            L += ["", "Where a cached step goes (100 steps, each kernel call and each file read "
-                  "timed from inside, the timing's own cost taken off; *rest* is the "
-                  "interpreter around them and the garbage collections):", "",
+            L += ["", "Where a cached step goes (the step: 100 steps as the Trainer runs them; "
+                  "kernels and file reads: 30 steps with each kernel call and each file read "
+                  "timed from inside, the collector off, the timing's own cost taken off; "
+                  "*rest* is the interpreter around them and the garbage collections):", "",
                   "| backend | step | kernels | file reads (cache record, x1) | rest | "
                   "share outside kernels |", "|---|---:|---:|---:|---:|---:|"]
         L.append(f"| `{b}` | {step / 1000:.2f} ms | {kern / 1000:.2f} ms | "
