@@ -1,11 +1,15 @@
 # Fixed-point kernels in Thumb machine code (@micropython.asm_thumb), for Cortex-M boards.
 #
-# Why: the viper dense loop costs ~54 instructions per multiply-add on armv6m (it loads,
-# sign-extends and boxes nothing, but keeps every value in memory); the loop here keeps the
-# row in registers and costs ~4.1 (measured in docs/BENCHMARKS.md, "Cortex-M"). Only the
-# armv6m (Thumb-1) subset is used, so the same code runs on an RP2040's M0+ and on any
-# M3/M4/M7/M33. The emitter has no register-offset LDRSB, so those two loads are emitted as
-# data() halfwords (0x5600 | Rm << 6 | Rn << 3 | Rt); every load is a byte load (aligned).
+# Why: the viper dense loop costs ~52 instructions per multiply-add on armv6m (it loads,
+# sign-extends and boxes nothing, but keeps every value in memory); the loop here keeps two
+# rows' sums in registers and loads each x once for both: 33 instructions per 8 multiply-adds,
+# 6.4 per multiply-add with the call and output step (docs/BENCHMARKS.md, "Cortex-M"). The
+# adapters' row kernels walk all rank rows of an adapter in one call, through the rows'
+# addresses (row_table), since a call into machine code costs thousands of instructions. Only
+# the armv6m (Thumb-1) subset is used, so the same code runs on an RP2040's M0+ and on any
+# M3/M4/M7/M33. The emitter has no register-offset LDRSB and no two-register CMP with r8..r15,
+# so those are data() halfwords (LDRSB: 0x5600 | Rm << 6 | Rn << 3 | Rt); every load is a byte
+# load or an aligned word load.
 #
 # The same integers as kernels_viper.py / kernels_py.py: the dot products are exact int32 sums
 # (|sum| <= d_in * 127 * 127 < 2**31 for d_in <= 4095), and each row's output step is the
