@@ -172,7 +172,6 @@ def upd_a_rows(A32, A16, X, E, d, sh, refresh, r, sx):
                 q += 1
 
 
-
 def softmax(Z, Y32, YQ, E14, C, m, sh, lab, F, G16, GE16, sx):
     """The Trainer's integer softmax (docs/device.md, "Integer softmax"): logits y = z +
     round(y32 * m / 2**(15 + sh)) in Q16 (Z the frozen logits, Y32 = sum B u in Q20, m the Q15

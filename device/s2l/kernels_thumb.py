@@ -494,17 +494,17 @@ _E1 = array("i", [0])
 
 @micropython.viper
 def adapter_u(A, X, d: int, ps: int, sh: int) -> int:
-    # one row of A: sat16(round((sum_k A[k] X[k], chunks of 512 pre-shifted by ps) / 2**sh))
+    # one row of A: adapter_u_rows on a one-row table
     T = ptr32(_T16)
     T[0] = int(ptr8(A))
-    _adapter_u_tab(_T16, X, _U1, ps | ((sh + 16) << 4) | (1 << 10) | (d << 17))
+    adapter_u_rows(_T16, X, d, ps, sh, _U1, 1)
     U = ptr16(_U1)
     return ((U[0] ^ 0x8000) - 0x8000)
 
 
 @micropython.viper
 def upd_a(A32, A16, X, e: int, d: int, sh: int, refresh: int, sx: int):
-    # one row: A32[k] = sat30(A32[k] - round(e X[k] / 2**sh)); if refresh: A16 = round(A32 / 2**16)
+    # one row: upd_a_rows on one-row tables, with the step e
     if (e == 0 and refresh == 0) or d < 1:
         return
     T = ptr32(_T32)
@@ -513,10 +513,4 @@ def upd_a(A32, A16, X, e: int, d: int, sh: int, refresh: int, sx: int):
     T[0] = int(ptr8(A16))
     E = ptr32(_E1)
     E[0] = e
-    P = ptr32(_P)
-    P[0] = int(ptr32(_E1))
-    P[1] = d
-    P[2] = sh
-    P[3] = refresh
-    P[4] = 1
-    _upd_a_tab(_T32, _T16, X, _P)
+    upd_a_rows(_T32, _T16, X, _E1, d, sh, refresh, 1, sx)
