@@ -8,19 +8,18 @@ m4f_summary). Every sentence is chosen by those numbers.
 """
 
 from skip2lora.bench.plots import CORTEXM_PNG
+from skip2lora.bench.projection import FLASH_MS_PER_BLOCK, SECTOR
+from skip2lora.bench.sentences import fmt_pct as _pct
 
 # The targets (a fine-tune in seconds on an RP2040-class core, board time by instruction count)
 FIT_TARGET_S = 10.0        # 20 epochs over the 533-sample fan set
 EPOCH1_TARGET_S = 3.0      # of which the cache-building epoch
 DENSE_TARGET = 12.0        # instructions per multiply-add of the int8 dense kernel
 
-# What a real RP2040 adds to a flash write (the Pico's W25Q16JV datasheet, typical values):
-# a 4 KB sector erase and a 256-byte page program
-SECTOR_ERASE_MS, SECTOR_BYTES = 45.0, 4096
-PAGE_PROGRAM_MS, PAGE_BYTES = 0.4, 256
 CACHE_RECORD_BYTES = 64 + 64 + 12 + 4  # the fan model's Skip-Cache record: x2, x3, z, CRC
 # kernels_thumb._dots's inner loop: two rows, four x values: 4 x (3 LDRSB, 2 MULS, 3 ADDS), BNE
 LOOP = {"instructions": 33, "macs": 8, "loads": 12, "taken": 1}
+
 
 def _status(value, target, unit, fmt="{:.1f}"):
     if value <= target:
@@ -28,16 +27,10 @@ def _status(value, target, unit, fmt="{:.1f}"):
     return f"**missed**: {fmt.format(value)} {unit} against {fmt.format(target)} {unit}"
 
 
-def _pct(x):
-    return f"{100 * x:.1f} %"
-
-
 def flash_write_s(n_records, record_bytes=CACHE_RECORD_BYTES):
-    """Typical erase + program time of n_records cache records on an RP2040's flash."""
-    total = n_records * record_bytes
-    sectors = -(-total // SECTOR_BYTES)
-    pages = -(-total // PAGE_BYTES)
-    return (sectors * SECTOR_ERASE_MS + pages * PAGE_PROGRAM_MS) / 1000
+    """Typical erase + program time of n_records cache records on an RP2040's flash, by the
+    projection's flash model (bench/projection.py: every 4 KB sector erased and programmed)."""
+    return -(-n_records * record_bytes // SECTOR) * FLASH_MS_PER_BLOCK / 1000
 
 
 def m4f_summary(bench):
@@ -235,6 +228,6 @@ def _write_lines(r, n, store):
                  "file and varies from run to run.")
     L.append("A real RP2040's flash instead erases and programs: "
              f"{flash_write_s(n):.1f} s for these records at the datasheet's typical "
-             f"{SECTOR_ERASE_MS:.0f} ms per 4 KB sector and {PAGE_PROGRAM_MS} ms per 256-byte "
-             "page (W25Q16JV, the Pico's flash).")
+             f"{FLASH_MS_PER_BLOCK:.1f} ms to erase a 4 KB sector and program its 16 pages "
+             "(W25Q16JV, the Pico's flash; the projection's flash figure).")
     return [" ".join(L)]
